@@ -16,9 +16,10 @@ commands:
   all      install, then run
 
 settings (environment variables, defaults in brackets):
-  CONFIG               [configs/pretrain.py:base]
-  RUN_NAME             [the CONFIG argument, e.g. base]
-  WORKDIR              [runs/$RUN_NAME]   local path, or a gs:// path (needs GCS credentials on the host)
+  CONFIG               [configs/pretrain.py:base]   configs/pretrain.py alone: the tiny built-in run
+  WORKDIR              [workdirs/pretrain_<CONFIG argument>]   (the pretrain command's own default)
+  INPUT_FILES          []                 passed as --config.data.input_files (files, globs, directories)
+  VOCAB_FILE           []                 passed as --config.data.vocab_file
   PYTHON               [python3]          e.g. .venv/bin/python
   JAX_CUDA             [jax[cuda12]]      the JAX requirement installed with requirements.txt
   CUDA_VISIBLE_DEVICES [all]              the GPUs this process uses
@@ -29,16 +30,18 @@ settings (environment variables, defaults in brackets):
   (under SLURM with one task per host, leave these unset: JAX reads the job's layout itself)
 
 examples:
-  PYTHON=.venv/bin/python scripts/gpu_pretrain.sh all
-  scripts/gpu_pretrain.sh run -- --config.train.num_steps=100000
+  PYTHON=.venv/bin/python CONFIG=configs/pretrain.py scripts/gpu_pretrain.sh all     # built-in smoke run
+  INPUT_FILES=../shared/data/wikipedia VOCAB_FILE=../shared/data/vocab/bert-base-uncased-vocab.txt \
+      scripts/gpu_pretrain.sh run -- --config.train.num_steps=100000
   COORDINATOR_ADDRESS=10.0.0.2:1234 NUM_PROCESSES=2 PROCESS_ID=1 WORKDIR=gs://my-bucket/bert \
       scripts/gpu_pretrain.sh run
 EOF
 }
 
 CONFIG="${CONFIG:-configs/pretrain.py:base}"
-RUN_NAME="${RUN_NAME:-}"
 WORKDIR="${WORKDIR:-}"
+INPUT_FILES="${INPUT_FILES:-}"
+VOCAB_FILE="${VOCAB_FILE:-}"
 PYTHON="${PYTHON:-python3}"
 JAX_CUDA="${JAX_CUDA:-jax[cuda12]}"
 COORDINATOR_ADDRESS="${COORDINATOR_ADDRESS:-}"
@@ -69,12 +72,18 @@ EOF
 }
 
 cmd_run() {
-  if [[ -z "$RUN_NAME" ]]; then
-    RUN_NAME="${CONFIG##*:}"
-    [[ "$RUN_NAME" == "$CONFIG" ]] && RUN_NAME="default"
+  if [[ -z "$WORKDIR" ]]; then
+    local argument="${CONFIG#*:}"
+    [[ "$argument" == "$CONFIG" ]] && argument="builtin"
+    WORKDIR="workdirs/pretrain_$argument"
   fi
-  WORKDIR="${WORKDIR:-runs/$RUN_NAME}"
-  local distributed=()
+  local data=() distributed=()
+  if [[ -n "$INPUT_FILES" ]]; then
+    data+=(--config.data.source=files --config.data.input_files="$INPUT_FILES")
+  fi
+  if [[ -n "$VOCAB_FILE" ]]; then
+    data+=(--config.data.vocab_file="$VOCAB_FILE")
+  fi
   if [[ -n "$COORDINATOR_ADDRESS" ]]; then
     [[ "$NUM_PROCESSES" =~ ^[1-9][0-9]*$ ]] || die "NUM_PROCESSES='$NUM_PROCESSES': expected a positive integer"
     [[ "$PROCESS_ID" =~ ^[0-9]+$ && "$PROCESS_ID" -lt "$NUM_PROCESSES" ]] ||
@@ -87,9 +96,10 @@ cmd_run() {
   cd "$REPO_ROOT"
   # TensorFlow only feeds data here; it must not reserve GPU memory that JAX needs.
   export TF_FORCE_GPU_ALLOW_GROWTH=true TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
-  # ${a[@]+"${a[@]}"}: an empty array under `set -u` in bash 3.2.
+  # ${a[@]+"${a[@]}"}: an empty array under `set -u` in bash 3.2. Data flags before the extra flags, so
+  # that those override them.
   exec "$PYTHON" -m bert_jax pretrain --config="$CONFIG" --workdir="$WORKDIR" \
-    ${distributed[@]+"${distributed[@]}"} "$@"
+    ${distributed[@]+"${distributed[@]}"} ${data[@]+"${data[@]}"} "$@"
 }
 
 main() {

@@ -14,13 +14,15 @@ commands (each acts on every worker of the TPU VM):
   create   create the TPU VM (gcloud compute tpus tpu-vm create)
   setup    copy this checkout (tracked and untracked, not ignored, files) to every worker and install
            jax[tpu] and requirements.txt there
+  data     copy DATA_GCS (a gs:// folder: text files, vocab.txt) to ~/$DATA_DIR on every worker; each
+           worker's input pipeline reads its own share of the files from local disk
   run      start `python -m bert_jax pretrain` on every worker in the background; it keeps running
            when this script or your ssh session ends
   status   whether the run is alive on each worker, with the last lines of its log
   logs     follow the log of worker $WORKER (default 0)
   stop     send SIGTERM to the run on every worker: the trainer saves a checkpoint and exits
   delete   delete the TPU VM (the checkpoints in WORKDIR stay)
-  all      create, setup and run
+  all      create, setup, data (when DATA_GCS is set) and run
 
 settings (environment variables, defaults in brackets):
   TPU_NAME          [bert-jax]
@@ -31,7 +33,12 @@ settings (environment variables, defaults in brackets):
                                               v2-alpha-tpuv5 (v5p), v2-alpha-tpuv6e (v6e)
   CAPACITY          [on-demand]               on-demand | spot | preemptible
   BUCKET            []                        a GCS bucket in the TPU's region; needed unless WORKDIR is set
-  CONFIG            [configs/pretrain.py:base]
+  CONFIG            [configs/pretrain.py:base]  configs/pretrain.py alone: the tiny built-in run
+  DATA_GCS          []                        gs:// folder that `data` copies to every worker
+  DATA_DIR          [bert_jax_data]           where `data` puts it (relative to home)
+  INPUT_FILES       []                        passed as --config.data.input_files (paths on the workers,
+                                              e.g. bert_jax_data/wiki; relative to ~/$REMOTE_DIR)
+  VOCAB_FILE        []                        passed as --config.data.vocab_file
   RUN_NAME          [the CONFIG argument, e.g. base]
   WORKDIR           [gs://$BUCKET/bert_jax/$RUN_NAME]
   GIT_URL, GIT_REF  []  [main]                setup clones GIT_URL at GIT_REF instead of copying this checkout
@@ -43,10 +50,10 @@ settings (environment variables, defaults in brackets):
   DRY_RUN           [0]                       1: print the gcloud commands instead of running them
 
 examples:
-  BUCKET=my-bucket scripts/tpu_vm_pretrain.sh all
-  ACCELERATOR_TYPE=v4-32 CAPACITY=spot BUCKET=my-bucket scripts/tpu_vm_pretrain.sh all
-  BUCKET=my-bucket scripts/tpu_vm_pretrain.sh run -- --config.data.source=files \
-      --config.data.input_files=gs://my-bucket/wiki --config.data.vocab_file=gs://my-bucket/vocab.txt
+  CONFIG=configs/pretrain.py BUCKET=my-bucket scripts/tpu_vm_pretrain.sh all     # the built-in smoke run
+  ACCELERATOR_TYPE=v4-32 CAPACITY=spot BUCKET=my-bucket DATA_GCS=gs://my-bucket/bert_data \
+      INPUT_FILES=~/bert_jax_data/wiki VOCAB_FILE=~/bert_jax_data/vocab.txt scripts/tpu_vm_pretrain.sh all
+  BUCKET=my-bucket scripts/tpu_vm_pretrain.sh run -- --config.train.num_steps=100000
 EOF
 }
 
@@ -58,6 +65,10 @@ RUNTIME_VERSION="${RUNTIME_VERSION:-}"
 CAPACITY="${CAPACITY:-on-demand}"
 BUCKET="${BUCKET:-}"
 CONFIG="${CONFIG:-configs/pretrain.py:base}"
+DATA_GCS="${DATA_GCS:-}"
+DATA_DIR="${DATA_DIR:-bert_jax_data}"
+INPUT_FILES="${INPUT_FILES:-}"
+VOCAB_FILE="${VOCAB_FILE:-}"
 RUN_NAME="${RUN_NAME:-}"
 WORKDIR="${WORKDIR:-}"
 GIT_URL="${GIT_URL:-}"
@@ -111,6 +122,9 @@ check_settings() {
   # REMOTE_DIR is removed and recreated by `setup`: a plain relative path under home, never home itself.
   if [[ ! "$REMOTE_DIR" =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*$ || "$REMOTE_DIR" == *..* ]]; then
     die "REMOTE_DIR='$REMOTE_DIR': use a relative path under the home directory such as bert_jax"
+  fi
+  if [[ ! "$DATA_DIR" =~ ^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*$ || "$DATA_DIR" == *..* ]]; then
+    die "DATA_DIR='$DATA_DIR': use a relative path under the home directory such as bert_jax_data"
   fi
 }
 
@@ -185,10 +199,39 @@ existing_files() {
   done
 }
 
+cmd_data() {
+  [[ "$DATA_GCS" == gs://* ]] || die "DATA_GCS='$DATA_GCS': set it to the gs:// folder to copy to the workers"
+  # gcloud is preinstalled on TPU VM images and authorised as the TPU's service account.
+  on_all_workers "mkdir -p ~/$DATA_DIR && gcloud storage cp --recursive $(printf '%q' "${DATA_GCS%/}/*") ~/$DATA_DIR/ && du -sh ~/$DATA_DIR"
+}
+
+# A `--flag=path` word for the remote shell; a leading ~/ becomes the worker's $HOME (Python would not
+# expand it, and quoting keeps the worker's shell from doing so).
+remote_path_flag() {
+  local flag="$1" path="$2"
+  if [[ "$path" == \~/* ]]; then
+    # shellcheck disable=SC2016  # $HOME is for the worker's shell to expand, not this one
+    printf '%q"$HOME"/%q' "$flag=" "${path#\~/}"
+  else
+    printf '%q' "$flag=$path"
+  fi
+}
+
 cmd_run() {
   resolve_workdir
-  local pretrain
-  pretrain="$(printf '%q ' "$PYTHON" -m bert_jax pretrain --config="$CONFIG" --workdir="$WORKDIR" "$@")"
+  local data_flags="" pretrain
+  if [[ -n "$INPUT_FILES" ]]; then
+    data_flags+=" --config.data.source=files $(remote_path_flag --config.data.input_files "$INPUT_FILES")"
+  fi
+  if [[ -n "$VOCAB_FILE" ]]; then
+    data_flags+=" $(remote_path_flag --config.data.vocab_file "$VOCAB_FILE")"
+  fi
+  # Data flags first, so that flags given after '--' override them.
+  pretrain="$(printf '%q ' "$PYTHON" -m bert_jax pretrain --config="$CONFIG" --workdir="$WORKDIR")"
+  pretrain+="$data_flags"
+  if [[ $# -gt 0 ]]; then
+    pretrain+=" $(printf '%q ' "$@")"
+  fi
   # setsid + nohup: the run outlives the ssh session; its pid is kept for `stop` and `status`.
   on_all_workers "cd ~/$REMOTE_DIR && if [ -f ~/$PID_FILE ] && kill -0 \$(cat ~/$PID_FILE) 2>/dev/null; then echo \"already running (pid \$(cat ~/$PID_FILE))\"; exit 1; fi; TF_CPP_MIN_LOG_LEVEL=2 setsid nohup $pretrain > ~/$LOG_FILE 2>&1 < /dev/null & echo \$! > ~/$PID_FILE; echo \"started pid \$(cat ~/$PID_FILE), log ~/$LOG_FILE\""
   echo "workdir: $WORKDIR   (TensorBoard: tensorboard --logdir $WORKDIR)"
@@ -238,11 +281,15 @@ main() {
     status) cmd_status ;;
     logs) cmd_logs ;;
     stop) cmd_stop ;;
+    data) cmd_data ;;
     delete) cmd_delete ;;
     all)
       resolve_workdir # fail before creating anything if BUCKET/WORKDIR is missing
       cmd_create
       cmd_setup
+      if [[ -n "$DATA_GCS" ]]; then
+        cmd_data
+      fi
       cmd_run "$@"
       ;;
     *)

