@@ -237,7 +237,7 @@ def load_tfds(name: str, split: str, data_dir: Optional[str] = None) -> tuple[It
     import tensorflow_datasets as tfds  # heavy; imported only when TFDS is asked for
 
     builder = tfds.builder(name, data_dir=data_dir)
-    if split not in builder.info.splits:
+    if builder.info.splits and split not in builder.info.splits:  # empty when unprepared (or mocked in tests)
         raise ValueError(f"TFDS {name} has no split {split!r}; it has {sorted(builder.info.splits)}")
     try:
         dataset = builder.as_dataset(split=split, shuffle_files=False)

@@ -28,6 +28,7 @@ import collections
 import dataclasses
 import json
 import os
+import unicodedata
 from typing import Optional
 
 import numpy as np
@@ -194,44 +195,46 @@ class SquadTask(Task):
             raise ValueError(f"doc_stride must be positive, got {doc_stride}")
         T = max_seq_length
         rows = collections.defaultdict(list)
-        context_cache = {}  # SQuAD asks ~5 questions per context: tokenize each context once
+        contexts = {}  # context -> (ids [n], char spans [n, 2]); SQuAD asks ~5 questions per context
         for example_index, example in enumerate(examples):
-            if example.context not in context_cache:
+            if example.context not in contexts:
                 tokens, spans = tokenizer.tokenize_with_offsets(example.context)
-                context_cache[example.context] = (tokenizer.convert_tokens_to_ids(tokens), spans)
-            context_ids, spans = context_cache[example.context]
+                contexts[example.context] = (np.asarray(tokenizer.convert_tokens_to_ids(tokens), np.int32),
+                                             np.asarray(spans, np.int32).reshape(-1, 2))
+            context_ids, spans = contexts[example.context]
             query_ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(example.question))[:max_query_length]
             answer = _answer_pieces(spans, example.target)  # (first, last) context piece, or None
 
-            room = T - len(query_ids) - 3
-            offset = len(query_ids) + 2  # position of the first context piece
-            windows = _windows(len(context_ids), room, doc_stride)
-            for window_start, window_length in windows:
-                window = range(window_start, window_start + window_length)
-                ids = [tokenizer.cls_id, *query_ids, tokenizer.sep_id, *context_ids[window_start:window.stop],
-                       tokenizer.sep_id]
-                segments = [0] * offset + [1] * (window_length + 1)
-                char_start, char_end = [-1] * T, [-1] * T
-                max_context = [0] * T
-                for i in window:
-                    char_start[offset + i - window_start], char_end[offset + i - window_start] = spans[i]
-                    max_context[offset + i - window_start] = int(_is_max_context(windows, window_start, i))
+            offset = len(query_ids) + 2  # position of the first context piece: after [CLS] question [SEP]
+            windows = _windows(len(context_ids), T - offset - 1, doc_stride)
+            owner = _max_context_owner(windows, len(context_ids))  # [n] the window each piece is predicted from
+            for w, (first, length) in enumerate(windows):
+                stop = first + length
+                slots = slice(offset, offset + length)  # where the window's context pieces sit
+                ids = np.full(T, tokenizer.pad_id, np.int32)
+                ids[0], ids[1:offset - 1], ids[offset - 1] = tokenizer.cls_id, query_ids, tokenizer.sep_id
+                ids[slots], ids[offset + length] = context_ids[first:stop], tokenizer.sep_id
+                mask, segments = np.zeros(T, np.int32), np.zeros(T, np.int32)
+                mask[:offset + length + 1] = 1
+                segments[offset:offset + length + 1] = 1
+                char_start, char_end = np.full(T, -1, np.int32), np.full(T, -1, np.int32)
+                char_start[slots], char_end[slots] = spans[first:stop, 0], spans[first:stop, 1]
+                max_context = np.zeros(T, np.int32)
+                max_context[slots] = owner[first:stop] == w
                 start = end = 0
-                if answer and answer[0] >= window_start and answer[1] < window.stop:
-                    start, end = offset + answer[0] - window_start, offset + answer[1] - window_start
-                rows["input_ids"].append(pad_to(ids, T, tokenizer.pad_id))  # [T]
-                rows["attention_mask"].append(pad_to([1] * len(ids), T))
-                rows["token_type_ids"].append(pad_to(segments, T))
-                rows["start_positions"].append(start)
-                rows["end_positions"].append(end)
-                rows["example_index"].append(example_index)
-                rows["token_char_start"].append(char_start)
-                rows["token_char_end"].append(char_end)
-                rows["token_is_max_context"].append(max_context)
+                if answer and first <= answer[0] and answer[1] < stop:
+                    start, end = offset + answer[0] - first, offset + answer[1] - first
+                for key, value in (("input_ids", ids), ("attention_mask", mask), ("token_type_ids", segments),
+                                   ("start_positions", start), ("end_positions", end),
+                                   ("example_index", example_index), ("token_char_start", char_start),
+                                   ("token_char_end", char_end), ("token_is_max_context", max_context)):
+                    rows[key].append(value)
         per_feature = ("start_positions", "end_positions", "example_index")
         keys = ("input_ids", "attention_mask", "token_type_ids", *per_feature, "token_char_start", "token_char_end",
                 "token_is_max_context")
-        return {k: stack(rows[k], width=None if k in per_feature else T) for k in keys}
+        if not rows:
+            return {k: stack([], width=None if k in per_feature else T) for k in keys}
+        return {k: np.asarray(rows[k], np.int32) if k in per_feature else np.stack(rows[k]) for k in keys}  # [F(, T)]
 
     # --- decoding ----------------------------------------------------------------------------------------------
 
@@ -246,6 +249,8 @@ class SquadTask(Task):
         by_example = collections.defaultdict(list)
         for f, e in enumerate(features["example_index"]):
             by_example[int(e)].append(f)
+        spans_of = _window_spans(start_logits, end_logits, char_start, features["token_is_max_context"],
+                                 n_best_size, max_answer_length)
 
         answers, nbest_json = {}, {}
         null_odds = {} if self.version_2 else None
@@ -256,9 +261,9 @@ class SquadTask(Task):
                 s, t = start_logits[f], end_logits[f]
                 if null is None or s[0] + t[0] < null[0]:
                     null = (s[0] + t[0], s[0], t[0])
-                candidates.extend(self._window_candidates(example.context, s, t, char_start[f], char_end[f],
-                                                          features["token_is_max_context"][f], n_best_size,
-                                                          max_answer_length))
+                for i, j in spans_of(f):
+                    text = span_text(example.context, char_start[f, i], char_end[f, j])
+                    candidates.append((s[i] + t[j], s[i], t[j], text))
             if null is None:
                 raise ValueError(f"question {example.qid} has no feature: were the features made from these examples?")
             if self.version_2:
@@ -288,21 +293,6 @@ class SquadTask(Task):
             answers[example.qid] = "" if odds > null_score_diff_threshold else best_non_null[3]
         return SpanPredictions(answers, nbest_json, null_odds, float(null_score_diff_threshold))
 
-    @staticmethod
-    def _window_candidates(context, start_logits, end_logits, char_start, char_end, max_context, n_best_size,
-                           max_answer_length):
-        """Valid (score, start_logit, end_logit, text) spans among the window's top start x top end pieces."""
-        top_starts = np.argsort(-start_logits, kind="stable")[:n_best_size]
-        top_ends = np.argsort(-end_logits, kind="stable")[:n_best_size]
-        starts, ends = np.meshgrid(top_starts, top_ends, indexing="ij")  # [n, n]
-        valid = ((char_start[starts] >= 0) & (char_start[ends] >= 0) & (max_context[starts] > 0)
-                 & (ends >= starts) & (ends - starts + 1 <= max_answer_length))
-        found = []
-        for i, j in zip(starts[valid], ends[valid]):
-            text = context[char_start[i]:char_end[j]]
-            found.append((start_logits[i] + end_logits[j], start_logits[i], end_logits[j], text))
-        return found
-
     # --- metrics and files -------------------------------------------------------------------------------------
 
     def evaluate(self, predictions: SpanPredictions, examples):
@@ -329,13 +319,39 @@ class SquadTask(Task):
         return paths
 
 
-def _answer_pieces(spans, answer: Optional[Answer]):
+def _window_spans(start_logits, end_logits, char_start, max_context, n_best_size, max_answer_length):
+    """spans_of(f) -> the valid (start, end) pieces of window f among its top start x top end logits: both in
+    the context, start <= end, at most max_answer_length pieces, start predicted from this window."""
+    top_starts = np.argsort(-start_logits, axis=-1, kind="stable")[:, :n_best_size]  # [F, n]
+    top_ends = np.argsort(-end_logits, axis=-1, kind="stable")[:, :n_best_size]      # [F, n]
+    rows = np.arange(len(start_logits))[:, None, None]
+    starts, ends = top_starts[:, :, None], top_ends[:, None, :]  # broadcast to [F, n, n]
+    valid = ((char_start[rows, starts] >= 0) & (char_start[rows, ends] >= 0) & (max_context[rows, starts] > 0)
+             & (ends >= starts) & (ends - starts + 1 <= max_answer_length))
+    feature, i, j = np.nonzero(valid)  # sorted by feature
+    pairs = np.stack([top_starts[feature, i], top_ends[feature, j]], axis=-1)  # [K, 2]
+    bounds = np.searchsorted(feature, np.arange(len(start_logits) + 1))
+    return lambda f: pairs[bounds[f]:bounds[f + 1]].tolist()
+
+
+def span_text(context: str, start_char: int, end_char: int) -> str:
+    """The context's text from a start piece to an end piece, including combining marks right after it.
+
+    An uncased tokenizer drops combining accents ("Cafe\u0301" -> "cafe"), so no piece's span covers them;
+    they still belong to the last character of the answer.
+    """
+    while end_char < len(context) and unicodedata.category(context[end_char]) in ("Mn", "Mc", "Me"):
+        end_char += 1
+    return context[start_char:end_char]
+
+
+def _answer_pieces(spans: np.ndarray, answer: Optional[Answer]):
     """(first, last) context pieces that cover the answer's characters, or None."""
     if answer is None or answer.start < 0:
         return None
     begin, end = answer.start, answer.start + len(answer.text)
-    covering = [i for i, (s, e) in enumerate(spans) if s < end and e > begin]
-    return (covering[0], covering[-1]) if covering else None
+    covering = np.flatnonzero((spans[:, 0] < end) & (spans[:, 1] > begin))
+    return (int(covering[0]), int(covering[-1])) if len(covering) else None
 
 
 def _windows(num_pieces: int, room: int, doc_stride: int):
@@ -349,17 +365,18 @@ def _windows(num_pieces: int, room: int, doc_stride: int):
         start += min(length, doc_stride)
 
 
-def _is_max_context(windows, window_start, position):
-    """Whether `position` has its most balanced context (ties: the first such window) in `window_start`'s."""
-    best_score, best_start = None, None
-    for start, length in windows:
-        end = start + length - 1
-        if not start <= position <= end:
-            continue
-        score = min(position - start, end - position) + 0.01 * length
-        if best_score is None or score > best_score:
-            best_score, best_start = score, start
-    return best_start == window_start
+def _max_context_owner(windows, num_pieces: int) -> np.ndarray:
+    """For each context piece, the window where it has its most balanced context (run_squad.py's
+    _check_is_max_context: score min(left, right) + 0.01 * window length; ties go to the first window)."""
+    best = np.full(num_pieces, -np.inf)
+    owner = np.zeros(num_pieces, np.int32)
+    for w, (first, length) in enumerate(windows):
+        position = np.arange(first, first + length)
+        score = np.minimum(position - first, first + length - 1 - position) + 0.01 * length
+        better = score > best[first:first + length]
+        best[first:first + length][better] = score[better]
+        owner[first:first + length][better] = w
+    return owner
 
 
 def squad_task(name: str) -> SquadTask:
