@@ -1,0 +1,700 @@
+"""Pretraining BERT with masked-LM + next-sentence prediction: `train_and_evaluate(config, workdir)`.
+
+    python -m bert_jax pretrain                                    # tiny BERT on the built-in corpus
+    python -m bert_jax pretrain --config configs/pretrain.py:base --workdir DIR \
+        --config.data.input_files=../shared/data/wikipedia
+
+The run, top to bottom (the banner sections below follow it):
+  1. the config is validated once, before anything compiles (unknown keys, inconsistent settings, an
+     unwritable workdir: a ValueError naming the key or path);
+  2. the tokenizer: given, taken from `init_checkpoint`, or trained on the built-in corpus;
+  3. the model config, built in exactly one place (`model_config`) into a frozen BertConfig;
+  4. the mesh, and the train state created already sharded - or restored from the workdir's latest
+     checkpoint (automatic resume), or initialised from a bert_jax model directory (`init_checkpoint`);
+  5. the sequence-length phases (original BERT: 90% of steps at 128, then 512), each with its own input
+     pipeline, batch size and masked-positions count;
+  6. the shared training loop (bert_jax/trainer.py): metrics, evaluation, checkpoints, SIGTERM;
+  7. export as a bert_jax model directory (`<workdir>/model`) that fill-mask, embed and export-hf read.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import uuid
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from bert_jax import optim, sharding, trainer
+from bert_jax.checkpoints import Checkpointer
+from bert_jax.model import SIZES, BertConfig, BertForPreTraining, dummy_inputs
+from bert_jax.train_metrics import MetricsWriter, flops_per_sequence, peak_flops_per_device
+
+DATA_SOURCES = ("builtin", "files", "synthetic")
+PHASE_KEYS = ("fraction", "seq_length", "batch_size", "max_predictions")
+FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+            "masked_lm_weights", "next_sentence_labels")
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Config: every key, its faithful default, and validation
+# ----------------------------------------------------------------------------------------------------
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key a pretraining config has, with the original BERT-Base recipe as the default.
+
+    configs/pretrain.py starts from this and changes what each named run needs; `validate_config`
+    rejects any key not listed here.
+    """
+    c = ml_collections.ConfigDict()
+    c.model = dict(
+        size="base",  # tiny | mini | small | medium | base | large (bert_jax.model.SIZES)
+        vocab_size=0,  # 0: the tokenizer's vocabulary size
+        max_position_embeddings=512,
+        hidden_dropout_rate=0.1,
+        attention_dropout_rate=0.1,
+        gelu="erf",
+        dtype="float32",  # compute dtype; parameters and optimizer state stay float32
+        attention_impl="auto",
+        scan_layers=False,
+        remat_policy="none",  # none | full | dots | dots_no_batch
+    )
+    c.data = dict(
+        source="files",  # builtin (CPython's docs) | files (your text) | synthetic (learnable random ids)
+        input_files="",  # text for source=files: files, globs or directories, comma-separated
+        eval_input_files="",  # held-out text; '' evaluates on nothing (source=builtin holds out one file)
+        vocab_file="",  # vocab.txt, SentencePiece .model, or a directory; '' for builtin: trained on the corpus
+        lower_case=True,
+        builtin_vocab_size=8000,
+        builtin_max_documents=0,  # 0: the whole built-in corpus
+        masked_lm_prob=0.15,
+        short_seq_prob=0.1,
+        whole_word_masking=False,
+        dynamic_masking=False,  # RoBERTa-style: new masks each time an example is read
+        dupe_factor=10,  # passes over the corpus with fresh random choices (static masking)
+        seed=12345,
+    )
+    # Sequence-length phases, run in order: a fraction of train.num_steps each, with their own length,
+    # global batch size and masked positions per sequence (about 15% of the length).
+    c.phases = (
+        dict(fraction=0.9, seq_length=128, batch_size=256, max_predictions=20),
+        dict(fraction=0.1, seq_length=512, batch_size=256, max_predictions=80),
+    )
+    c.optimizer = dict(
+        name="adamw",  # adamw (the original, SPEC §3) | lamb
+        learning_rate=1e-4,
+        warmup_steps=10_000,
+        weight_decay=0.01,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-6,
+        clip_norm=1.0,
+    )
+    c.train = dict(
+        num_steps=1_000_000,
+        micro_batches=1,  # gradient accumulation: each global batch runs as this many sequential micro-batches
+        seed=0,
+        init_checkpoint="",  # a bert_jax model directory to start from (continued pretraining)
+        log_every=100,
+        eval_every=10_000,  # 0: no periodic evaluation
+        eval_batches=20,
+        checkpoint_every=10_000,
+        keep_checkpoints=3,  # the latest K
+        keep_every=100_000,  # plus every M-th step (0: none)
+        async_checkpoints=True,
+        export_every_checkpoint=False,  # also refresh <workdir>/model at every checkpoint
+        peak_flops_per_device=0.0,  # for MFU; 0: from the device kind (CPU: estimated)
+        tensorboard=True,
+    )
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: the remaining devices
+    c.fill_mask_examples = ()  # texts with [MASK] predicted by the final model and printed
+    return c
+
+
+def _key_paths(d: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, Mapping) and path != "phases":
+            out.update(_key_paths(v, path + "."))
+        else:
+            out[path] = v
+    return out
+
+
+def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks a config before anything is built; returns a complete, locked copy.
+
+    Keys missing from `config` take their defaults. Everything that can be checked without the
+    tokenizer or the devices is checked here; `check_against_tokenizer` and `check_against_mesh` do
+    the rest, still before compilation.
+    """
+    defaults = _key_paths(default_config().to_dict())
+    given = _key_paths(config.to_dict())
+    for key in given:
+        if key not in defaults:
+            close = difflib.get_close_matches(key, defaults, n=1)
+            raise ValueError(f"config.{key}: unknown key" + (f"; did you mean config.{close[0]}?" if close else ""))
+        want, have = defaults[key], given[key]
+        if isinstance(want, bool) != isinstance(have, bool) or (
+                isinstance(want, (int, float)) and not isinstance(have, (int, float))) or (
+                isinstance(want, str) and not isinstance(have, str)):
+            raise ValueError(f"config.{key}={have!r}: expected a {type(want).__name__}")
+    merged = default_config()
+    merged.update_from_flattened_dict({k: v for k, v in given.items()})
+
+    def bad(key, why):
+        raise ValueError(f"config.{key}={_get(merged, key)!r}: {why}")
+
+    if merged.model.size not in SIZES:
+        bad("model.size", f"must be one of {tuple(SIZES)}")
+    if merged.model.vocab_size < 0:
+        bad("model.vocab_size", "must be positive, or 0 for the tokenizer's vocabulary size")
+    if merged.data.source not in DATA_SOURCES:
+        bad("data.source", f"must be one of {DATA_SOURCES}")
+    if merged.data.source == "files" and not merged.data.input_files:
+        bad("data.input_files", "data.source='files' needs text files to read")
+    if merged.data.source == "files" and not merged.data.vocab_file and not merged.train.init_checkpoint:
+        bad("data.vocab_file", "data.source='files' needs a vocabulary (or train.init_checkpoint with one)")
+    if merged.data.source == "synthetic" and not merged.model.vocab_size:
+        bad("model.vocab_size", "data.source='synthetic' has no tokenizer: set the vocabulary size")
+    if not 0 < merged.data.masked_lm_prob < 1:
+        bad("data.masked_lm_prob", "must be in (0, 1)")
+    if merged.optimizer.name not in optim.OPTIMIZERS:
+        bad("optimizer.name", f"must be one of {optim.OPTIMIZERS}")
+    if merged.optimizer.learning_rate <= 0:
+        bad("optimizer.learning_rate", "must be positive")
+    for key in ("train.num_steps", "train.micro_batches", "train.log_every", "train.checkpoint_every",
+                "train.keep_checkpoints", "train.eval_batches"):
+        if _get(merged, key) < 1:
+            bad(key, "must be at least 1")
+    for key in ("train.eval_every", "train.keep_every", "optimizer.warmup_steps"):
+        if _get(merged, key) < 0:
+            bad(key, "must be >= 0")
+    if merged.optimizer.warmup_steps > merged.train.num_steps:
+        bad("optimizer.warmup_steps", f"exceeds train.num_steps={merged.train.num_steps}")
+    if merged.train.init_checkpoint and not os.path.isdir(merged.train.init_checkpoint):
+        bad("train.init_checkpoint", "no such directory (a bert_jax model directory from `convert` or a run)")
+    for key, axis_size in merged.mesh.items():
+        if axis_size == 0 or axis_size < -1:
+            bad(f"mesh.{key}", "must be a positive size or -1")
+    _validate_phases(merged)
+    merged.lock()
+    return merged
+
+
+def _validate_phases(config) -> None:
+    phases = config.phases
+    if not phases:
+        raise ValueError("config.phases: at least one phase is needed")
+    total = 0.0
+    for i, phase in enumerate(phases):
+        where = f"config.phases[{i}]"
+        if not isinstance(phase, Mapping) or set(phase) != set(PHASE_KEYS):
+            raise ValueError(f"{where}={phase!r}: must be a dict with keys {PHASE_KEYS}")
+        if not 0 < phase["fraction"] <= 1:
+            raise ValueError(f"{where}.fraction={phase['fraction']}: must be in (0, 1]")
+        total += phase["fraction"]
+        for key in ("seq_length", "batch_size", "max_predictions"):
+            if not isinstance(phase[key], int) or phase[key] < 1:
+                raise ValueError(f"{where}.{key}={phase[key]!r}: must be a positive integer")
+        if phase["seq_length"] > config.model.max_position_embeddings:
+            raise ValueError(f"{where}.seq_length={phase['seq_length']}: beyond "
+                             f"config.model.max_position_embeddings={config.model.max_position_embeddings}")
+        if phase["max_predictions"] > phase["seq_length"] - 3:
+            raise ValueError(f"{where}.max_predictions={phase['max_predictions']}: more than the "
+                             f"{phase['seq_length'] - 3} maskable positions of a sequence")
+        if phase["batch_size"] % config.train.micro_batches:
+            raise ValueError(f"{where}.batch_size={phase['batch_size']}: not divisible by "
+                             f"config.train.micro_batches={config.train.micro_batches}")
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"config.phases: fractions sum to {total}, not 1")
+    ends = phase_end_steps(config)
+    for i, (start, end) in enumerate(zip([0, *ends[:-1]], ends)):
+        if end <= start:
+            raise ValueError(f"config.phases[{i}].fraction={phases[i]['fraction']}: gives no steps out of "
+                             f"config.train.num_steps={config.train.num_steps}")
+
+
+def _get(config, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def phase_end_steps(config) -> list[int]:
+    """The step at which each phase ends (exclusive); the last is train.num_steps."""
+    ends, cumulative = [], 0.0
+    for phase in config.phases:
+        cumulative += phase["fraction"]
+        ends.append(int(round(cumulative * config.train.num_steps)))
+    ends[-1] = config.train.num_steps
+    return ends
+
+
+def check_against_mesh(config, mesh) -> None:
+    """Every global batch must split evenly over the data-parallel devices and the micro-batches."""
+    dp = sharding.data_parallel_size(mesh)
+    for i, phase in enumerate(config.phases):
+        per_device = phase["batch_size"] // config.train.micro_batches
+        if phase["batch_size"] % config.train.micro_batches or per_device % dp:
+            raise ValueError(
+                f"config.phases[{i}].batch_size={phase['batch_size']}: with "
+                f"train.micro_batches={config.train.micro_batches} each micro-batch of {per_device} rows must "
+                f"divide over the {dp} data-parallel devices (mesh data x fsdp)")
+
+
+def prepare_workdir(workdir: str) -> str:
+    """The absolute workdir, created; a clear error if it cannot be written."""
+    path = os.path.abspath(os.path.expanduser(workdir))
+    probe = os.path.join(path, f".write_test_{uuid.uuid4().hex}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"workdir {path}: cannot be written ({e.strerror or e})") from None
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. Tokenizer and text
+# ----------------------------------------------------------------------------------------------------
+
+
+def prepare_text(config, workdir: str) -> tuple[Optional[Any], list[str], list[str]]:
+    """(tokenizer, training files, held-out files) for the configured data source."""
+    from bert_jax.tokenizer import load_tokenizer
+    from bert_jax.text_reader import resolve_input_files
+
+    data = config.data
+    if data.source == "synthetic":
+        return None, [], []
+    if data.source == "builtin":
+        train_files, eval_files = builtin_text(config, workdir)
+    else:
+        train_files = resolve_input_files(data.input_files)
+        eval_files = resolve_input_files(data.eval_input_files) if data.eval_input_files else []
+    if data.vocab_file:
+        tokenizer = load_tokenizer(data.vocab_file, lower_case=data.lower_case)
+    elif config.train.init_checkpoint:
+        tokenizer = load_tokenizer(config.train.init_checkpoint)
+    else:  # builtin without a vocabulary: train one on the corpus (once; a resumed run reuses it)
+        tokenizer = builtin_vocab(train_files, os.path.join(workdir, "vocab"), data.builtin_vocab_size)
+    return tokenizer, train_files, eval_files
+
+
+def builtin_text(config, workdir: str) -> tuple[list[str], list[str]]:
+    """CPython's documentation as a corpus (bert_jax/builtin_corpus.py); one file is held out."""
+    from bert_jax import builtin_corpus
+
+    files = builtin_corpus.write_corpus(os.path.join(workdir, "corpus"),
+                                        max_documents=config.data.builtin_max_documents or None, num_files=10)
+    return files[:-1], files[-1:]
+
+
+def builtin_vocab(files: Sequence[str], directory: str, vocab_size: int):
+    from bert_jax.tokenizer import load_tokenizer
+
+    if not os.path.exists(os.path.join(directory, "vocab.txt")) and jax.process_index() == 0:
+        from bert_jax.tokenizer_training import train_tokenizer
+
+        _announce(f"training a {vocab_size}-piece WordPiece vocabulary on {len(files)} files")
+        train_tokenizer(list(files), directory, kind="wordpiece", vocab_size=vocab_size)
+    _sync("builtin vocabulary")
+    return load_tokenizer(directory)
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. Model config: the one place a ConfigDict becomes a BertConfig
+# ----------------------------------------------------------------------------------------------------
+
+
+def model_config(config, tokenizer=None) -> BertConfig:
+    """The frozen BertConfig for this run; checks it against the tokenizer and any init checkpoint."""
+    m = config.model
+    vocab_size = m.vocab_size or (tokenizer.vocab_size if tokenizer is not None else 0)
+    if tokenizer is not None and vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"config.model.vocab_size={m.vocab_size}: smaller than the tokenizer's vocabulary "
+                         f"({tokenizer.vocab_size} tokens); use 0 to take the tokenizer's size")
+    try:
+        bert = BertConfig.from_size(
+            m.size, vocab_size=vocab_size, max_position_embeddings=m.max_position_embeddings,
+            hidden_dropout_rate=m.hidden_dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
+            gelu=m.gelu, dtype=m.dtype, attention_impl=m.attention_impl, scan_layers=m.scan_layers,
+            remat_policy=m.remat_policy)
+    except ValueError as e:  # BertConfig names its field, which is the config key under model.
+        raise ValueError(f"config.model: {e}") from None
+    if config.train.init_checkpoint:
+        from bert_jax.pretrained import load_config
+
+        given = load_config(config.train.init_checkpoint)
+        for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                      "max_position_embeddings", "type_vocab_size"):
+            if getattr(given, field) != getattr(bert, field):
+                raise ValueError(
+                    f"config.train.init_checkpoint={config.train.init_checkpoint}: its {field}="
+                    f"{getattr(given, field)} differs from this config's {getattr(bert, field)} "
+                    f"(config.model.size={m.size!r}, config.model.vocab_size={m.vocab_size})")
+    return bert
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. The objective: MLM + NSP (SPEC §2)
+# ----------------------------------------------------------------------------------------------------
+
+
+class PretrainingObjective:
+    """MLM loss = sum(w * CE) / (sum(w) + 1e-5) on the masked positions; NSP = mean CE; total = MLM + NSP.
+
+    Normalised by whole-batch counts (see trainer.Objective), so micro-batches add up exactly.
+    """
+
+    def __init__(self, config: BertConfig):
+        self.config = config
+        self.model = BertForPreTraining(config)
+
+    def init_params(self, rng):
+        return self.model.init(rng, **dummy_inputs())["params"]
+
+    def normalizers(self, batch):
+        weights = batch["masked_lm_weights"].astype(jnp.float32).sum()
+        return {"mlm": weights + 1e-5, "mlm_count": jnp.maximum(weights, 1.0),
+                "nsp": jnp.float32(batch["input_ids"].shape[0])}
+
+    def loss(self, params, batch, rng, normalizers, train: bool):
+        out = self.model.apply({"params": params}, batch["input_ids"], batch["input_mask"], batch["segment_ids"],
+                               batch["masked_lm_positions"], deterministic=not train, rngs={"dropout": rng})
+        weights = batch["masked_lm_weights"].astype(jnp.float32)  # [B, P]
+        mlm_logp = jax.nn.log_softmax(out["mlm_logits"].astype(jnp.float32))  # [B, P, V]
+        mlm_ids = batch["masked_lm_ids"].astype(jnp.int32)
+        mlm_ce = -jnp.take_along_axis(mlm_logp, mlm_ids[..., None], axis=-1)[..., 0]  # [B, P]
+        nsp_logp = jax.nn.log_softmax(out["nsp_logits"].astype(jnp.float32))  # [B, 2]
+        nsp_labels = batch["next_sentence_labels"].astype(jnp.int32).reshape(-1)
+        nsp_ce = -jnp.take_along_axis(nsp_logp, nsp_labels[:, None], axis=-1)[:, 0]  # [B]
+        mlm_loss = jnp.sum(weights * mlm_ce) / normalizers["mlm"]
+        nsp_loss = jnp.sum(nsp_ce) / normalizers["nsp"]
+        metrics = {
+            "mlm_loss": mlm_loss,
+            "nsp_loss": nsp_loss,
+            "mlm_accuracy": jnp.sum(weights * (jnp.argmax(mlm_logp, -1) == mlm_ids)) / normalizers["mlm_count"],
+            "nsp_accuracy": jnp.sum(jnp.argmax(nsp_logp, -1) == nsp_labels) / normalizers["nsp"],
+        }
+        return mlm_loss + nsp_loss, metrics
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. Input: per-phase pipelines
+# ----------------------------------------------------------------------------------------------------
+
+
+class SyntheticPretrainingData:
+    """Learnable synthetic batches with the 7 pretraining features, deterministic per (seed, batch index).
+
+    Each sequence is [CLS] A [SEP] B [SEP] over an arithmetic progression of token ids (start skewed
+    towards small ids, stride random per row); B continues A (label 0) or starts elsewhere (label 1, half the rows). Masking is the
+    original 80/10/10 on ~15% of the positions. A model can learn both tasks, so the loss falls: used by
+    tests, benchmarks and `data.source='synthetic'`. The global batch is generated and this process's
+    `rows` of it are returned, so any number of processes sees the same global batches.
+    """
+
+    FIRST_ID = 5  # ids 0-4 stand for [PAD] [UNK] [CLS] [SEP] [MASK]
+    CLS, SEP, MASK = 2, 3, 4
+
+    def __init__(self, global_batch_size: int, seq_length: int, max_predictions: int, vocab_size: int,
+                 seed: int = 0, rows: Optional[slice] = None):
+        if vocab_size <= self.FIRST_ID + 8:
+            raise ValueError(f"synthetic data needs vocab_size > {self.FIRST_ID + 8}, got {vocab_size}")
+        self.batch, self.length, self.predictions = global_batch_size, seq_length, max_predictions
+        self.vocab_size, self.seed = vocab_size, seed
+        self.rows = rows or slice(0, global_batch_size)
+        self.index = 0
+
+    def get_state(self) -> dict:
+        return {"index": self.index}
+
+    def set_state(self, state: Mapping) -> None:
+        self.index = int(state["index"])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = self.global_batch(self.index)
+        self.index += 1
+        return {k: v[self.rows] for k, v in batch.items()}
+
+    def global_batch(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, index])
+        b, t, p = self.batch, self.length, self.predictions
+        content = self.vocab_size - self.FIRST_ID
+        out = {name: np.zeros((b, p if name.startswith("masked") else t), np.int32) for name in FEATURES[:5]}
+        out["masked_lm_weights"] = np.zeros((b, p), np.float32)
+        out["next_sentence_labels"] = rng.integers(0, 2, size=(b,)).astype(np.int32)
+        for row in range(b):
+            used = int(rng.integers(max(8, t // 2), t + 1))  # real tokens incl. [CLS] and two [SEP]
+            len_a = int(rng.integers(1, used - 4))
+            len_b = used - 3 - len_a
+            # Skewed starts make the unigram distribution learnable in a few steps; strides need attention.
+            start, stride = int(content * rng.random() ** 4), int(rng.integers(1, 4))
+            a = start + stride * np.arange(len_a)
+            b_start = start + stride * len_a if out["next_sentence_labels"][row] == 0 else int(rng.integers(content))
+            seq_b = b_start + stride * np.arange(len_b)
+            tokens = np.concatenate([[self.CLS], self.FIRST_ID + a % content, [self.SEP],
+                                     self.FIRST_ID + seq_b % content, [self.SEP]])
+            segment = np.concatenate([np.zeros(len_a + 2), np.ones(len_b + 1)])
+            candidates = np.concatenate([np.arange(1, len_a + 1), np.arange(len_a + 2, used - 1)])
+            count = min(p, max(1, int(round(used * 0.15))))
+            positions = np.sort(rng.choice(candidates, size=count, replace=False))
+            masked = tokens.copy()
+            for pos in positions:
+                roll = rng.random()
+                masked[pos] = self.MASK if roll < 0.8 else masked[pos] if roll < 0.9 else \
+                    self.FIRST_ID + int(rng.integers(content))
+            out["input_ids"][row, :used] = masked
+            out["input_mask"][row, :used] = 1
+            out["segment_ids"][row, :used] = segment
+            out["masked_lm_positions"][row, :count] = positions
+            out["masked_lm_ids"][row, :count] = tokens[positions]
+            out["masked_lm_weights"][row, :count] = 1.0
+        return out
+
+
+def make_input(config, phase: Mapping, *, tokenizer, files: Sequence[str], mesh, seed: int, train: bool,
+               continue_from: Optional[dict] = None):
+    """This process's batches of one phase: an iterator of dicts of numpy arrays (FEATURES) with
+    get_state/set_state. `continue_from`, the previous phase's final input state, makes the new
+    phase go on where that one stopped (at the new length) instead of starting the corpus over."""
+    rows = sharding.process_rows(mesh, phase["batch_size"])
+    if config.data.source == "synthetic":
+        data = SyntheticPretrainingData(phase["batch_size"], phase["seq_length"], phase["max_predictions"],
+                                        config.model.vocab_size, seed=seed, rows=rows)
+    else:
+        from bert_jax.input_pipeline import PretrainingIterator
+
+        d = config.data
+        data = PretrainingIterator(
+            input_pattern=list(files), tokenizer=tokenizer, mode="streaming", batch_size=rows.stop - rows.start,
+            max_seq_length=phase["seq_length"], max_predictions_per_seq=phase["max_predictions"],
+            masked_lm_prob=d.masked_lm_prob, short_seq_prob=d.short_seq_prob, whole_word_masking=d.whole_word_masking,
+            dynamic_masking=d.dynamic_masking, dupe_factor=d.dupe_factor, seed=seed,
+            process_index=jax.process_index(), process_count=jax.process_count(), repeat=True, shuffle=train)
+    if continue_from is not None:
+        if config.data.source == "synthetic":
+            data.set_state(continue_from)
+        else:
+            data.set_state(continue_from, allow_shape_change=True)
+    return data
+
+
+def make_phases(config, bert: BertConfig, *, tokenizer, files, mesh) -> list[trainer.Phase]:
+    phases = []
+    for i, (phase, end) in enumerate(zip(config.phases, phase_end_steps(config))):
+        def make_iterator(continue_from=None, phase=phase):
+            return make_input(config, phase, tokenizer=tokenizer, files=files, mesh=mesh, seed=config.data.seed,
+                              train=True, continue_from=continue_from)
+
+        phases.append(trainer.Phase(
+            name=f"seq{phase['seq_length']}", end_step=end, global_batch_size=phase["batch_size"],
+            make_iterator=make_iterator, tokens_per_sequence=phase["seq_length"],
+            flops_per_sequence=flops_per_sequence(bert, phase["seq_length"], phase["max_predictions"])))
+    return phases
+
+
+def make_evaluate(config, eval_step, *, tokenizer, files, mesh):
+    """state -> mean metrics over the same held-out batches every time; None without held-out data."""
+    if config.data.source != "synthetic" and not files:
+        return None
+    phase = config.phases[0]
+
+    def evaluate(state):
+        batches = make_input(config, phase, tokenizer=tokenizer, files=files, mesh=mesh,
+                             seed=config.data.seed + 1000, train=False)
+        totals = []
+        for _ in range(config.train.eval_batches):
+            local = next(batches)
+            totals.append(eval_step(state.params, sharding.global_batch(local, mesh, phase["batch_size"])))
+        totals = jax.device_get(totals)
+        return {k: float(np.mean([t[k] for t in totals])) for k in totals[0]}
+
+    return evaluate
+
+
+# ----------------------------------------------------------------------------------------------------
+# 6. Export: a bert_jax model directory
+# ----------------------------------------------------------------------------------------------------
+
+
+def host_params(params) -> Any:
+    """The full parameters as numpy on every process (a collective when arrays span hosts)."""
+    if all(x.is_fully_addressable for x in jax.tree.leaves(params)):
+        return jax.device_get(params)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(params, tiled=True)
+
+
+def export_model(directory: str, bert: BertConfig, params, tokenizer, step: int) -> None:
+    """Writes (or atomically replaces) a bert_jax model directory with the current weights."""
+    from bert_jax.pretrained import save_pretrained
+
+    params = host_params(params)
+    staging = f"{directory}.tmp-{step}"
+    if jax.process_index() == 0 and os.path.exists(staging):
+        shutil.rmtree(staging)
+    _sync("export staging")
+    save_pretrained(staging, bert, params, tokenizer, source={"format": "bert_jax", "pretrained_steps": step})
+    if jax.process_index() == 0:
+        if os.path.exists(directory):
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+        _announce(f"exported the model at step {step} to {directory}")
+    _sync("export done")
+
+
+# ----------------------------------------------------------------------------------------------------
+# 7. The run
+# ----------------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       hooks: Sequence = (), devices: Optional[Sequence] = None) -> trainer.TrainState:
+    """Pretrains per `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+    `hooks` are called as hook(step, state) after every step (tests use them); `devices` restricts the
+    mesh to some devices (default: all). Returns the final TrainState.
+    """
+    config = validate_config(config)
+    workdir = prepare_workdir(workdir)
+    mesh = sharding.make_mesh(dict(config.mesh), devices)
+    check_against_mesh(config, mesh)
+    tokenizer, train_files, eval_files = prepare_text(config, workdir)
+    bert = model_config(config, tokenizer)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2) + "\n")
+
+    objective = PretrainingObjective(bert)
+    tx, schedule = _optimizer(config)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=config.train.checkpoint_every,
+                                keep_last=config.train.keep_checkpoints, keep_every=config.train.keep_every,
+                                async_save=config.train.async_checkpoints)
+    state, shardings, data_state = _initial_state(config, objective, tx, mesh, checkpointer)
+
+    writer = MetricsWriter(workdir, config.train.num_steps, tensorboard=config.train.tensorboard)
+    train_step = trainer.make_train_step(objective, tx, schedule, mesh, shardings, config.train.micro_batches)
+    eval_step = trainer.make_eval_step(objective, mesh, shardings)
+    model_dir = os.path.join(workdir, "model")
+
+    def on_save(step, state):
+        if config.train.export_every_checkpoint and tokenizer is not None:
+            export_model(model_dir, bert, state.params, tokenizer, step)
+
+    try:
+        state = trainer.train(
+            state=state, train_step=train_step, mesh=mesh, checkpointer=checkpointer, writer=writer,
+            phases=make_phases(config, bert, tokenizer=tokenizer, files=train_files, mesh=mesh),
+            data_state=data_state, log_every=config.train.log_every, eval_every=config.train.eval_every,
+            evaluate=make_evaluate(config, eval_step, tokenizer=tokenizer, files=eval_files, mesh=mesh),
+            peak_flops_per_device=peak_flops_per_device(mesh.devices.flat[0], config.train.peak_flops_per_device),
+            hooks=hooks, on_save=on_save)
+        if int(state.step) == config.train.num_steps and tokenizer is not None:
+            export_model(model_dir, bert, state.params, tokenizer, int(state.step))
+            _show_fill_mask(config, writer, model_dir, int(state.step))
+    finally:
+        checkpointer.close()
+        writer.close()
+    return state
+
+
+def load_train_state(config: ml_collections.ConfigDict, workdir: str, *, step: Optional[int] = None,
+                     devices: Optional[Sequence] = None) -> trainer.TrainState:
+    """A checkpoint of `workdir` (default: the latest) restored onto this config's mesh over `devices`,
+    whatever mesh it was written on (for notebooks, evaluation, or moving a run to other hardware)."""
+    config = validate_config(config)
+    mesh = sharding.make_mesh(dict(config.mesh), devices)
+    tokenizer = None
+    if config.data.source != "synthetic" and not config.model.vocab_size:
+        tokenizer, _, _ = prepare_text(config, prepare_workdir(workdir))
+    objective = PretrainingObjective(model_config(config, tokenizer))
+    tx, _ = _optimizer(config)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=config.train.checkpoint_every)
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{checkpointer.directory}: no checkpoint")
+        shardings = trainer.state_shardings(objective, tx, mesh)
+        state, _ = checkpointer.restore(step, trainer.abstract_train_state(objective, tx, shardings))
+    finally:
+        checkpointer.close()
+    return state
+
+
+def _optimizer(config):
+    o = config.optimizer
+    return optim.make_optimizer(o.name, learning_rate=o.learning_rate, warmup_steps=o.warmup_steps,
+                                total_steps=config.train.num_steps, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2,
+                                eps=o.eps, clip_norm=o.clip_norm)
+
+
+def _announce(message: str) -> None:
+    """A milestone for the console (process 0) and the log."""
+    logging.info(message)
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def _initial_state(config, objective, tx, mesh, checkpointer):
+    """Resume from the workdir's latest checkpoint, else start from init_checkpoint or from scratch."""
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        shardings = trainer.state_shardings(objective, tx, mesh)
+        try:
+            state, data_state = checkpointer.restore(latest, trainer.abstract_train_state(objective, tx, shardings))
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{checkpointer.directory}/{latest}: cannot restore onto this config's model and "
+                             f"optimizer ({e}); use a new workdir or the config the checkpoint was written with") \
+                from None
+        _announce(f"resuming from the checkpoint at step {latest} in {checkpointer.directory}")
+        return state, shardings, data_state
+    params = None
+    if config.train.init_checkpoint:
+        from bert_jax.pretrained import load_pretrained
+
+        params = load_pretrained(config.train.init_checkpoint,
+                                 config_overrides={"scan_layers": config.model.scan_layers}).params
+        _announce(f"initialising the weights from {config.train.init_checkpoint}")
+    state, shardings = trainer.create_train_state(objective, tx, mesh, config.train.seed, params=params)
+    return state, shardings, None
+
+
+def _show_fill_mask(config, writer, model_dir: str, step: int) -> None:
+    if not config.fill_mask_examples or jax.process_index() != 0:
+        return
+    from bert_jax.inference import fill_mask
+    from bert_jax.pretrained import load_pretrained
+
+    pretrained = load_pretrained(model_dir)
+    lines = [f"fill-mask with the model in {model_dir}:"]
+    for text, predictions in zip(config.fill_mask_examples, fill_mask(pretrained, list(config.fill_mask_examples))):
+        if predictions and isinstance(predictions[0], list):  # several [MASK]s: show the first
+            predictions = predictions[0]
+        guesses = ", ".join(f"{p['token_str']} ({p['score']:.2f})" for p in predictions)
+        lines.append(f"  {text}\n    -> {guesses}")
+    print("\n".join(lines), flush=True)
+    writer.write_text(step, "fill_mask", "\n".join(lines))
