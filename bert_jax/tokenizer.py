@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import re
@@ -86,7 +87,9 @@ CJK_RANGES = (
 
 def is_cjk(char: str) -> bool:
     cp = ord(char)
-    return any(lo <= cp <= hi for lo, hi in CJK_RANGES)
+    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
+            or 0x2A700 <= cp <= 0x2B73F or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF
+            or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
 
 
 def is_whitespace(char: str) -> bool:
@@ -114,15 +117,13 @@ def normalize_char(char: str, lower_case: bool) -> str:
     '' drops it, ' ' ends a word, and characters that form a word of their own (punctuation, CJK) come back
     wrapped in spaces. So `"".join(normalize_char(c) for c in text).split()` are the words of `text`.
     """
-    cp = ord(char)
-    category = unicodedata.category(char)
-    if cp == 0 or cp == 0xFFFD or is_control(char):
+    if char in "\x00\ufffd" or is_control(char):
         return ""
     if is_whitespace(char):
         return " "
     if is_cjk(char):
         return f" {char} "
-    if category in ("Cn", "Co", "Cs"):  # unassigned, private use, surrogate: kept as they are
+    if unicodedata.category(char) in ("Cn", "Co", "Cs"):  # unassigned, private use, surrogate: kept as they are
         return char
     chars = char
     if lower_case:
@@ -150,20 +151,28 @@ _CHAR_TABLES = {True: _CharTable(True), False: _CharTable(False)}
 @functools.lru_cache(maxsize=4)
 def changed_chars(lower_case: bool) -> dict[int, str]:
     """Every code point that `normalize_char` does not map to itself (for the in-graph tokenizer)."""
-    changed = {}
-    for cp in range(0x110000):
+    changed = {cp: f" {chr(cp)} " for lo, hi in CJK_RANGES for cp in range(lo, hi + 1)}
+    category = unicodedata.category
+    for cp in itertools.chain(range(0x40000), range(0xE0000, 0xF0000)):
+        # Planes 4-13 are unassigned and planes 15-16 private use (Unicode 14/15): both stay as they are.
         char = chr(cp)
-        if unicodedata.category(char) in ("Cn", "Co", "Cs"):
-            continue  # identity, and most of the code space: skip the slower checks
+        if category(char) in ("Cn", "Co", "Cs") or cp in changed:
+            continue  # identity (most of the code space), or done above: skip the slower checks
         value = normalize_char(char, lower_case)
         if value != char:
             changed[cp] = value
     return changed
 
 
-def lower_text(text: str) -> str:
-    """Per-character lower-casing (no final-sigma rule), the casing rule of both tokenizers."""
-    return "".join(c.lower() for c in text)
+@functools.lru_cache(maxsize=1)
+def lowered_chars() -> dict[int, str]:
+    """Every code point that per-character lower-casing changes (SentencePiece lower_case, in-graph)."""
+    changed = {}
+    for cp in itertools.chain(range(0x40000), range(0xE0000, 0xF0000)):  # the rest has no case
+        lowered = chr(cp).lower()
+        if lowered != chr(cp):
+            changed[cp] = lowered
+    return changed
 
 
 def _split_special_tokens(text: str) -> Iterable[tuple[int, int, bool]]:

@@ -1,0 +1,202 @@
+"""In-graph tokenization for tf.data, giving exactly the ids of `bert_jax.tokenizer`.
+
+    graph = make_graph_tokenizer(load_tokenizer("vocab.txt"))
+    ds = ds.batch(256).map(graph.tokenize)          # tf.string [N] -> tf.RaggedTensor [N, (tokens)] of ids
+    continuation = graph.is_continuation(ids)        # True for '##' pieces (WordPiece) / non-'▁' pieces
+
+Ids carry no [CLS]/[SEP]. `tokenize` also works eagerly and on a scalar string (-> [(tokens)]).
+
+How the WordPiece ids stay identical to the Python tokenizer (rather than to tf-text's own BERT normaliser, which
+case-folds with NFKC and turns control characters into spaces): the character normalisation is not done by ICU
+or regex ops but by a lookup table built from `bert_jax.tokenizer.normalize_char` itself, covering every code
+point it changes (drop control characters, whitespace -> ' ', lower-case + NFD + strip accents, spaces around
+punctuation and CJK). After it, the words are what `str.split` gives on the Python side; a word longer than
+`max_input_chars_per_word` characters is swapped for a character outside the vocabulary (-> [UNK]), and
+FastWordpieceTokenizer (no pre-tokenisation of its own, so no Unicode-version differences) maps words to pieces.
+Special tokens written in the text ("[MASK]") are marked with two private-use sentinel code points before
+normalisation and found as whole words afterwards; the rare input that already holds a sentinel code point has
+it swapped for another character outside the vocabulary, which leaves every id unchanged.
+
+SentencePiece uses tf-text's SentencepieceTokenizer on the same model file; a lower-cased SentencePiece tokenizer
+lower-cases each text segment between literal special tokens with the same kind of table first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from bert_jax.tokenizer import (
+    CONTINUATION_PREFIX,
+    SPECIAL_TOKENS,
+    SentencePieceTokenizer,
+    Tokenizer,
+    WordPieceTokenizer,
+    changed_chars,
+    lowered_chars,
+    normalize_char,
+)
+
+# Private-use code points of plane 16 with a job inside the graph (asserted absent from the vocabulary).
+_OPEN_SPECIAL = "\U0010fff0"  # starts a special token written in the text
+_CLOSE_SPECIAL = "\U0010fff1"  # ends it
+_OUT_OF_VOCAB = "\U0010fff2"  # a word made of it is [UNK]
+_SPECIAL_PATTERN = r"\[(" + "|".join(token[1:-1] for token in SPECIAL_TOKENS) + r")\]"
+
+
+class CharMapper:
+    """Replaces code points by strings, in-graph, from a fixed table {code point: replacement}.
+
+    Code points outside the table stay as they are. Works on the flat code points of a whole batch at once:
+    one hash lookup, one gather.
+    """
+
+    def __init__(self, replacements: dict[int, str]):
+        keys = np.fromiter(replacements.keys(), dtype=np.int32, count=len(replacements))
+        pieces = [[ord(c) for c in value] for value in replacements.values()]
+        lengths = np.array([len(p) for p in pieces], dtype=np.int32)
+        self._table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, np.arange(len(keys), dtype=np.int32)), default_value=-1)
+        self._starts = tf.constant(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32))
+        self._lengths = tf.constant(lengths)
+        self._values = tf.constant(np.array([c for p in pieces for c in p], dtype=np.int32).reshape(-1))
+
+    def map_codepoints(self, codepoints: tf.RaggedTensor, keep: tf.Tensor | None = None) -> tf.RaggedTensor:
+        """[N, (chars)] int32 code points -> [N, (chars')]; `keep` (bool per flat code point) exempts some."""
+        flat = codepoints.flat_values  # [M]
+        index = self._table.lookup(flat)  # [M], -1 = unchanged
+        changed = index >= 0
+        if keep is not None:
+            changed = changed & ~keep
+        safe_index = tf.maximum(index, 0)
+        # Output characters of code point m: values[starts[i] : starts[i] + lengths[i]] for a changed one,
+        # itself (appended after the table's values) for an unchanged one.
+        num_table_values = tf.size(self._values)
+        starts = tf.where(changed, tf.gather(self._starts, safe_index), num_table_values + tf.range(tf.size(flat)))
+        lengths = tf.where(changed, tf.gather(self._lengths, safe_index), 1)
+        positions = tf.ragged.range(starts, starts + lengths).flat_values  # [M']
+        values = tf.gather(tf.concat([self._values, flat], axis=0), positions)  # [M']
+        ends = tf.concat([[0], tf.cumsum(lengths)], axis=0)
+        row_splits = tf.gather(ends, codepoints.row_splits)  # per text: where its characters start and end
+        return tf.RaggedTensor.from_row_splits(values, tf.cast(row_splits, codepoints.row_splits.dtype))
+
+    def __call__(self, strings: tf.Tensor) -> tf.Tensor:
+        codepoints = tf.strings.unicode_decode(strings, "UTF-8", errors="replace", replacement_char=0xFFFD)
+        return tf.strings.unicode_encode(self.map_codepoints(codepoints), "UTF-8")
+
+
+class GraphTokenizer:
+    """See the module docstring. Build with `make_graph_tokenizer`."""
+
+    def __init__(self, tokenizer: Tokenizer, dtype: tf.DType = tf.int32):
+        self.tokenizer = tokenizer
+        self.dtype = dtype
+        self.vocab_size = tokenizer.vocab_size
+        self.pad_id, self.unk_id, self.cls_id = tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id
+        self.sep_id, self.mask_id = tokenizer.sep_id, tokenizer.mask_id
+        self._continuation = tf.constant([tokenizer.is_continuation(t) for t in tokenizer.inv_vocab], dtype=tf.bool)
+
+    def tokenize(self, strings) -> tf.RaggedTensor:
+        """tf.string [N] -> RaggedTensor [N, (tokens)] of ids (a scalar string -> a 1-D id tensor)."""
+        strings = tf.convert_to_tensor(strings, dtype=tf.string)
+        if strings.shape.rank == 0:
+            return self._tokenize_batch(strings[tf.newaxis])[0]
+        if strings.shape.rank != 1:
+            raise ValueError(f"GraphTokenizer.tokenize expects a scalar or a vector of strings, got {strings.shape}")
+        return self._tokenize_batch(strings)
+
+    def is_continuation(self, ids):
+        """True where an id is a continuation piece; same (ragged) shape as `ids`."""
+        if isinstance(ids, tf.RaggedTensor):
+            return tf.ragged.map_flat_values(self.is_continuation, ids)
+        return tf.gather(self._continuation, tf.cast(ids, tf.int32))
+
+    def _tokenize_batch(self, strings: tf.Tensor) -> tf.RaggedTensor:
+        raise NotImplementedError
+
+
+class WordPieceGraphTokenizer(GraphTokenizer):
+    def __init__(self, tokenizer: WordPieceTokenizer, dtype: tf.DType = tf.int32):
+        super().__init__(tokenizer, dtype)
+        self.max_chars_per_word = tokenizer.max_input_chars_per_word
+        reserved = (_OPEN_SPECIAL, _CLOSE_SPECIAL, _OUT_OF_VOCAB)
+        clashing = [t for t in tokenizer.inv_vocab if any(c in t for c in reserved)]
+        if clashing:
+            raise ValueError(f"{tokenizer.source_file}: tokens {clashing[:3]} use the code points U+10FFF0..U+10FFF2 "
+                             "that the in-graph tokenizer reserves")
+        table = dict(changed_chars(tokenizer.lower_case))
+        table[ord(_OPEN_SPECIAL)] = " " + _OPEN_SPECIAL  # a special token is a word of its own
+        table[ord(_CLOSE_SPECIAL)] = _CLOSE_SPECIAL + " "
+        self._normalize = CharMapper(table)
+        self._wordpiece = tf_text.FastWordpieceTokenizer(
+            vocab=self._graph_vocab(tokenizer),
+            suffix_indicator=CONTINUATION_PREFIX,
+            max_bytes_per_word=4 * self.max_chars_per_word + 8,  # the length limit (in characters) is ours
+            token_out_type=dtype,
+            unknown_token=self._special_word(SPECIAL_TOKENS[1], tokenizer.lower_case),
+            no_pretokenization=True,  # words come split already, by the same rules as in Python
+        )
+
+    @staticmethod
+    def _special_word(token: str, lower_case: bool) -> str:
+        """The word a special token written in the text becomes after normalisation, e.g. '\\U0010fff0mask\\U0010fff1'."""
+        name = "".join(normalize_char(c, lower_case) for c in token[1:-1])
+        return _OPEN_SPECIAL + name + _CLOSE_SPECIAL
+
+    def _graph_vocab(self, tokenizer: WordPieceTokenizer) -> list[str]:
+        """The vocabulary in the form FastWordpieceTokenizer needs: special tokens as their sentinel words, and
+        tokens that can never be looked up (empty, or a duplicate of a later line) as unmatchable placeholders."""
+        vocab = list(tokenizer.inv_vocab)
+        for index, token in enumerate(vocab):
+            if token == "" or tokenizer.vocab[token] != index:
+                vocab[index] = f"{_OPEN_SPECIAL}unused{index}"  # only special words start with _OPEN_SPECIAL
+            elif len(token.encode("utf-8")) > 256:
+                raise ValueError(f"{tokenizer.source_file}: token {token[:20]!r}... is longer than the 256 bytes "
+                                 "FastWordpieceTokenizer supports")
+        for token in SPECIAL_TOKENS:
+            vocab[tokenizer.vocab[token]] = self._special_word(token, tokenizer.lower_case)
+        return vocab
+
+    def _tokenize_batch(self, strings: tf.Tensor) -> tf.RaggedTensor:
+        # Input that already holds a sentinel gets a stand-in that is equally absent from the vocabulary.
+        strings = tf.strings.regex_replace(strings, f"[{_OPEN_SPECIAL}{_CLOSE_SPECIAL}]", _OUT_OF_VOCAB)
+        strings = tf.strings.regex_replace(strings, _SPECIAL_PATTERN, _OPEN_SPECIAL + r"\1" + _CLOSE_SPECIAL)
+        normalized = self._normalize(strings)  # [N]: words separated by spaces
+        words = tf.strings.split(normalized)  # [N, (words)]
+        too_long = tf.strings.length(words.flat_values, unit="UTF8_CHAR") > self.max_chars_per_word
+        words = words.with_flat_values(tf.where(too_long, _OUT_OF_VOCAB, words.flat_values))
+        pieces = self._wordpiece.tokenize(words)  # [N, (words), (pieces)]
+        return pieces.merge_dims(1, 2)  # [N, (tokens)]
+
+
+class SentencePieceGraphTokenizer(GraphTokenizer):
+    def __init__(self, tokenizer: SentencePieceTokenizer, dtype: tf.DType = tf.int32):
+        super().__init__(tokenizer, dtype)
+        with open(tokenizer.source_file, "rb") as f:
+            self._model = tf_text.SentencepieceTokenizer(model=f.read(), out_type=dtype)
+        self._lower = None
+        if tokenizer.lower_case:
+            self._lower = CharMapper(lowered_chars())
+
+    def _lower_outside_special_tokens(self, strings: tf.Tensor) -> tf.Tensor:
+        segments = tf_text.regex_split(strings, _SPECIAL_PATTERN, keep_delim_regex_pattern=_SPECIAL_PATTERN)
+        is_special = tf.strings.regex_full_match(segments.flat_values, _SPECIAL_PATTERN)
+        codepoints = tf.strings.unicode_decode(segments.flat_values, "UTF-8", errors="replace")  # [S, (chars)]
+        keep = tf.gather(is_special, codepoints.value_rowids())  # per code point: inside a special token?
+        lowered = tf.strings.unicode_encode(self._lower.map_codepoints(codepoints, keep=keep), "UTF-8")
+        return tf.strings.reduce_join(segments.with_flat_values(lowered), axis=-1)
+
+    def _tokenize_batch(self, strings: tf.Tensor) -> tf.RaggedTensor:
+        if self._lower is not None:
+            strings = self._lower_outside_special_tokens(strings)
+        return self._model.tokenize(strings)
+
+
+def make_graph_tokenizer(tokenizer: Tokenizer, dtype: tf.DType = tf.int32) -> GraphTokenizer:
+    """The in-graph twin of a `bert_jax.tokenizer` tokenizer (build once; reuse across datasets)."""
+    if isinstance(tokenizer, WordPieceTokenizer):
+        return WordPieceGraphTokenizer(tokenizer, dtype)
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        return SentencePieceGraphTokenizer(tokenizer, dtype)
+    raise TypeError(f"make_graph_tokenizer: unsupported tokenizer {type(tokenizer).__name__}")
