@@ -203,17 +203,38 @@ def parts_of(params: Mapping) -> list:
     return [p for p in PARTS if p in found]
 
 
+def _dimension_fields(path: tuple) -> tuple:
+    """The BertConfig field behind each dimension of a parameter (None: fixed, or set by the checkpoint)."""
+    leaf = path[-1]
+    tables = {"word_embeddings": "vocab_size", "position_embeddings": "max_position_embeddings",
+              "token_type_embeddings": "type_vocab_size"}
+    if leaf in tables:
+        return tables[leaf], "hidden_size"
+    if path[:2] == ("cls", "predictions") and leaf == "output_bias":
+        return ("vocab_size",)
+    if path[:2] == ("cls", "seq_relationship") or path[0] in FINETUNING_HEADS:
+        return {"output_weights": (None, "hidden_size"), "kernel": ("hidden_size", None)}.get(leaf, (None,))
+    if "intermediate" in path:
+        return ("hidden_size", "intermediate_size") if leaf == "kernel" else ("intermediate_size",)
+    if path[-3:-1] == ("output", "dense") and "attention" not in path:  # the FFN's second dense
+        return ("intermediate_size", "hidden_size") if leaf == "kernel" else ("hidden_size",)
+    return ("hidden_size",) * (2 if leaf == "kernel" else 1)
+
+
 def describe_shape_mismatch(config: BertConfig, path: tuple, expected: tuple, actual: tuple) -> str:
-    """One line naming the tensor, both shapes, and the config fields the expected shape came from."""
+    """One line naming the tensor, both shapes, and the config fields behind the dimensions that differ."""
     fields = []
-    sizes = {"vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
-             "intermediate_size": config.intermediate_size,
-             "max_position_embeddings": config.max_position_embeddings, "type_vocab_size": config.type_vocab_size}
-    for name, value in sizes.items():
-        if value in expected and value not in fields:
-            fields.append(f"{name}={value}")
+    if len(expected) == len(actual):
+        for field, e, a in zip(_dimension_fields(path), expected, actual):
+            if field and e != a and f"{field}={e}" not in fields:
+                fields.append(f"{field}={e}")
     because = f" (from {', '.join(fields)})" if fields else ""
     return f"{'/'.join(path)}: expected shape {tuple(expected)}{because}, found {tuple(actual)}"
+
+
+def _most_telling_first(paths):
+    """Word embeddings first: their shape shows both a vocab and a hidden size mismatch."""
+    return sorted(paths, key=lambda p: p[-1] != "word_embeddings")
 
 
 def check_params(params: Mapping, config: BertConfig, where: str = "params") -> list:
@@ -231,8 +252,8 @@ def check_params(params: Mapping, config: BertConfig, where: str = "params") -> 
     unknown = sorted("/".join(p) for p in flat if p not in expected)
     present = {part_of(p) for p in flat if p in expected} | {"encoder", "pooler"}
     missing = [p for p in expected if part_of(p) in present and p not in flat]
-    mismatched = [describe_shape_mismatch(config, p, shape, np.shape(flat[p]))
-                  for p, shape in expected.items() if p in flat and tuple(np.shape(flat[p])) != tuple(shape)]
+    mismatched = [describe_shape_mismatch(config, p, expected[p], np.shape(flat[p]))
+                  for p in _most_telling_first(expected) if p in flat and tuple(np.shape(flat[p])) != expected[p]]
     problems = []
     if mismatched:
         problems.append("; ".join(mismatched[:8]) + (f" (and {len(mismatched) - 8} more)" if len(mismatched) > 8 else ""))
@@ -282,8 +303,14 @@ def _import(source: _Source, config: BertConfig, name_of: Callable, skipped: lis
         raise ValueError(f"{source.description}: no BERT encoder tensors found (looked for names like "
                          f"{names[('bert', 'embeddings', 'word_embeddings')][0]!r}); it holds: {some} ...")
 
-    flat, missing, mismatched = {}, [], []
-    for path, shape in expected.items():
+    layers = _layer_count(source.shapes)
+    if layers is not None and layers != config.num_layers:
+        raise ValueError(f"{source.description}: the config says num_layers={config.num_layers} but the checkpoint "
+                         f"has {layers} encoder layers")
+
+    # Check every name and shape before reading anything (a large TF checkpoint reads slowly).
+    plan, missing, mismatched = [], [], []
+    for path in _most_telling_first(expected):
         if part_of(path) not in present:
             continue
         name, transpose = names[path]
@@ -291,17 +318,11 @@ def _import(source: _Source, config: BertConfig, name_of: Callable, skipped: lis
             missing.append(name)
             continue
         stored = tuple(source.shapes[name])
-        if (stored[::-1] if transpose else stored) != tuple(shape):
-            mismatched.append(describe_shape_mismatch(config, path, shape, stored[::-1] if transpose else stored)
-                              + f" [{name}]")
+        ours = stored[::-1] if transpose else stored
+        if ours != tuple(expected[path]):
+            mismatched.append(describe_shape_mismatch(config, path, expected[path], ours) + f" [{name}]")
             continue
-        value = np.asarray(source.read(name), dtype=np.float32)
-        flat[path] = np.ascontiguousarray(value.T) if transpose else value
-
-    layers = _layer_count(source.shapes)
-    if layers is not None and layers != config.num_layers:
-        raise ValueError(f"{source.description}: the config says num_layers={config.num_layers} but the checkpoint "
-                         f"has {layers} encoder layers")
+        plan.append((path, name, transpose))
     known_names = {name for name, _ in names.values()}
     unexpected = sorted(set(source.shapes) - known_names)
     problems = []
@@ -313,6 +334,11 @@ def _import(source: _Source, config: BertConfig, name_of: Callable, skipped: lis
         problems.append(f"unexpected tensors: {', '.join(unexpected[:12])}" + (" ..." if len(unexpected) > 12 else ""))
     if problems:
         raise ValueError(f"{source.description}: " + "; ".join(problems))
+
+    flat = {}
+    for path, name, transpose in plan:
+        value = np.asarray(source.read(name), dtype=np.float32)
+        flat[path] = np.ascontiguousarray(value.T) if transpose else value
     parts = [p for p in PARTS if p in present]
     return Imported(unflatten(flat), parts, skipped, source.description)
 
@@ -610,9 +636,11 @@ def _read_safetensors(path: Path) -> dict:
     with safe_open(str(path), framework="np") as f:
         for key in f.keys():
             try:
-                out[key] = f.get_tensor(key)
-            except TypeError:  # numpy has no bfloat16: read the raw bytes with ml_dtypes' bfloat16
-                out[key] = _read_bfloat16_tensor(path, key)
+                value = f.get_tensor(key)
+            except TypeError:  # bfloat16 before ml_dtypes registered it with numpy: read the raw bytes
+                value = _read_bfloat16_tensor(path, key)
+            # Half-precision checkpoints: float32 here, so every reader hands back the same dtypes.
+            out[key] = value.astype(np.float32) if value.dtype.name in ("bfloat16", "float16") else value
     return out
 
 

@@ -5,6 +5,7 @@
     make_hf_bert(**kw) -> Path              a saved random HF model (BertForPreTraining by default); cached
     hf_bert_dir                             make_hf_bert() with the defaults: L2/H64/A2, erf GELU
     minilm_dir                              sentence-transformers/all-MiniLM-L6-v2 (HF layout, BertModel, no heads)
+    minilm_converted                        (bert_jax directory, manifest) of MiniLM after `convert`
     sst2_sentences                          the first 24 sentences of ../shared/data/glue/SST-2/dev.tsv
 """
 
@@ -61,16 +62,17 @@ def perturb(hf_model, seed: int = 0, scale: float = 0.05):
 @pytest.fixture(scope="session")
 def make_hf_bert(tmp_path_factory, small_vocab_file):
     """make_hf_bert(num_layers=2, hidden_size=64, num_heads=2, intermediate_size=None (4H), hidden_act="gelu",
-    model_class="BertForPreTraining", seed=0, dtype=None, safe_serialization=True, **hf_config_kw) -> directory
-    with config.json, model.safetensors (or pytorch_model.bin), vocab.txt and the tokenizer files transformers
-    writes. Same arguments -> same directory (built once per session)."""
+    model_class="BertForPreTraining", seed=0, dtype=None, weights="safetensors", **hf_config_kw) -> directory
+    with config.json, model.safetensors (weights="bin": pytorch_model.bin, written with torch.save as older
+    transformers did), vocab.txt and the tokenizer files transformers writes. Same arguments -> same directory
+    (built once per session)."""
     import torch
     import transformers
 
     cache = {}
 
     def make(num_layers=2, hidden_size=64, num_heads=2, intermediate_size=None, hidden_act="gelu",
-             model_class="BertForPreTraining", seed=0, dtype=None, safe_serialization=True, **hf_config_kw):
+             model_class="BertForPreTraining", seed=0, dtype=None, weights="safetensors", **hf_config_kw):
         key = json.dumps(dict(locals(), hf_config_kw=hf_config_kw), sort_keys=True, default=str)
         if key in cache:
             return cache[key]
@@ -84,7 +86,10 @@ def make_hf_bert(tmp_path_factory, small_vocab_file):
         if dtype is not None:
             model = model.to(getattr(torch, dtype))
         directory = tmp_path_factory.mktemp(f"hf_{model_class}_L{num_layers}_H{hidden_size}")
-        model.save_pretrained(directory, safe_serialization=safe_serialization)
+        model.save_pretrained(directory)
+        if weights == "bin":
+            torch.save(model.state_dict(), directory / "pytorch_model.bin")
+            (directory / "model.safetensors").unlink()
         # transformers 5 saves tokenizer.json but no vocab.txt; hub BERT repos have both, so copy it too.
         tokenizer = transformers.BertTokenizerFast.from_pretrained(small_vocab_file.parent, do_lower_case=True)
         assert len(tokenizer) == vocab_size
@@ -133,3 +138,12 @@ def assert_close(ours, theirs, tol=1e-4, what=""):
     assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} vs {theirs.shape}"
     err = float(np.max(np.abs(ours - theirs)))
     assert err < tol, f"{what}: max abs diff {err:.3g} >= {tol}"
+
+
+@pytest.fixture(scope="session")
+def minilm_converted(tmp_path_factory, minilm_dir):
+    """(bert_jax model directory, manifest) of MiniLM imported with bert_jax.convert.convert_checkpoint."""
+    from bert_jax.convert import convert_checkpoint
+
+    output = tmp_path_factory.mktemp("minilm") / "bert_jax"
+    return output, convert_checkpoint(minilm_dir, output)
