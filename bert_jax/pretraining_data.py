@@ -339,7 +339,7 @@ class SentenceTokenizer:
             except ImportError:  # not built yet in this checkout: the Python tokenizer gives the same ids
                 graph_tokenizer = None
             if graph_tokenizer is not None:
-                self._graph = graph_tokenizer.make_graph_tokenizer(tokenizer)
+                self._graph = _cached_graph_tokenizer(tokenizer, graph_tokenizer.make_graph_tokenizer)
 
     @property
     def in_graph(self) -> bool:
@@ -359,6 +359,17 @@ class SentenceTokenizer:
         np.cumsum([len(x) for x in ids], out=splits[1:])
         flat = np.fromiter((t for x in ids for t in x), np.int32, count=int(splits[-1]))
         return flat, splits
+
+
+_GRAPH_TOKENIZERS: dict = {}
+
+
+def _cached_graph_tokenizer(tokenizer, make):
+    """One in-graph tokenizer per vocabulary and casing in a process: building one takes seconds."""
+    key = (type(tokenizer).__name__, getattr(tokenizer, "source_file", id(tokenizer)), tokenizer.lower_case)
+    if key not in _GRAPH_TOKENIZERS:
+        _GRAPH_TOKENIZERS[key] = make(tokenizer)
+    return _GRAPH_TOKENIZERS[key]
 
 
 def tokenize_documents(

@@ -59,8 +59,9 @@ _SENTENCE_OPENERS = frozenset(
 # A stop ([.!?] runs or an ellipsis), closing quotes/brackets, then a space (text is space-normalised).
 # Starting with a single character class lets `re` scan for candidates quickly.
 _BOUNDARY = re.compile("[.!?\u2026][.!?\u2026\"'\u201d\u2019\u00bb)\\]]* ")
-# What follows a boundary: opening quotes/brackets, then the next word.
-_NEXT_WORD = re.compile("[\"'\u201c\u2018\u00ab(\\[]*([^ ]?)([\\w']*)")
+# What follows a boundary: the next word character (past quotes, brackets, dashes), and its word.
+_NEXT_WORD = re.compile(r"(\w)([\w']*)")
+_NEXT_WORD_WINDOW = 12  # characters searched past the boundary
 _OPENING = "\"'\u201c\u2018\u00ab(["
 _DOTTED_ACRONYM = re.compile(r"^(?:[A-Za-z]\.)+[A-Za-z]$")
 
@@ -69,7 +70,8 @@ def split_sentences(text: str) -> list[str]:
     """Splits a paragraph into sentences.
 
     A boundary is a stop (`.`, `!`, `?`, runs of them, `...` or `\u2026`) followed by optional closing
-    quotes/brackets and whitespace, where the next word does not start with a lower-case letter.
+    quotes/brackets and whitespace, where the next letter or digit (past quotes, brackets, dashes) is not
+    lower-case.
     After a period it is not a boundary when the word before it is:
       - a title or reference abbreviation ("Dr.", "St.", "No.", "Fig.", "e.g.", "et al."),
       - a single letter (initials: "J. R. R. Tolkien", "George W. Bush"),
@@ -93,9 +95,9 @@ def split_sentences(text: str) -> list[str]:
 
 def _is_sentence_end(text: str, sentence_start: int, stop_at: int, next_at: int) -> bool:
     """Whether the stop at `stop_at` ends a sentence; the next word starts at `next_at`."""
-    following = _NEXT_WORD.match(text, next_at)
-    first = following.group(1)
-    if not first or first.islower():
+    following = _NEXT_WORD.search(text, next_at, next_at + _NEXT_WORD_WINDOW)
+    first = following.group(1) if following else ""
+    if first.islower():
         return False
     if text[stop_at] != "." or text.startswith("...", stop_at) or text[stop_at + 1 : stop_at + 2] in "!?\u2026":
         return True  # "!", "?", or an ellipsis followed by a capital
@@ -108,7 +110,7 @@ def _is_sentence_end(text: str, sentence_start: int, stop_at: int, next_at: int)
     if word.replace(".", "").lower() in _NEVER_FINAL:
         return False
     if "." in word and _DOTTED_ACRONYM.match(word):
-        return (first + following.group(2)).lower() in _SENTENCE_OPENERS
+        return following is not None and (first + following.group(2)).lower() in _SENTENCE_OPENERS
     return True
 
 
@@ -363,8 +365,10 @@ def iter_tfds_documents(
 ) -> Iterator[Document]:
     """Documents of a TFDS text dataset (lines of `text_key` are paragraphs), this host's slice only.
 
-    The host reads `split[lo + start : hi]` through a `tfds.core.ReadInstruction`, where [lo, hi) is its
-    even share; `Document.end_offset` is the example index (within the share) of the next document.
+    The host reads its even share [lo, hi) of the split from example `lo + start` through a
+    `tfds.core.ReadInstruction` (no reading of what it skips). When the split's size is unknown (mocked
+    data, `tfds.testing.mock_data`) it reads `tfds.even_splits(split, process_count)[process_index]` and
+    skips `start` examples. `Document.end_offset` is the index (within the share) of the next example.
     """
     import tensorflow_datasets as tfds
 
@@ -373,17 +377,25 @@ def iter_tfds_documents(
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # tfds raises several types for unknown names / missing data
         raise ValueError(f"TFDS dataset {name!r} could not be opened (data_dir={data_dir!r}): {e}") from e
-    if split not in builder.info.splits:
-        raise ValueError(f"TFDS dataset {name!r} has no split {split!r} (has {list(builder.info.splits)})")
-    if text_key not in builder.info.features:
-        raise ValueError(f"TFDS dataset {name!r} has no feature {text_key!r} (has {list(builder.info.features)})")
-    lo, hi = tfds_host_range(builder.info.splits[split].num_examples, process_index, process_count)
+    features = builder.info.features
+    if features is not None and text_key not in features:
+        raise ValueError(f"TFDS dataset {name!r} has no feature {text_key!r} (has {list(features)})")
     source = f"tfds:{name}[{split}]"
     stats.files += 1
-    if lo + start >= hi:
-        return
-    instruction = tfds.core.ReadInstruction(split, from_=lo + start, to=hi, unit="abs")
-    ds = builder.as_dataset(split=instruction, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False))
+    read_config = tfds.ReadConfig(try_autocache=False)
+    splits = builder.info.splits
+    if split in splits and splits[split].num_examples:
+        lo, hi = tfds_host_range(splits[split].num_examples, process_index, process_count)
+        if lo + start >= hi:
+            return
+        instruction = tfds.core.ReadInstruction(split, from_=lo + start, to=hi, unit="abs")
+        ds = builder.as_dataset(split=instruction, shuffle_files=False, read_config=read_config)
+    elif splits:
+        raise ValueError(f"TFDS dataset {name!r} has no split {split!r} (has {list(splits)})")
+    else:
+        lo = 0
+        share = tfds.even_splits(split, n=process_count)[process_index]
+        ds = builder.as_dataset(split=share, shuffle_files=False, read_config=read_config).skip(start)
     index = start
     for example in ds.as_numpy_iterator():
         index += 1
