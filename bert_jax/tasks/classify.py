@@ -119,11 +119,19 @@ def _format_of(path: str) -> str:
     return formats[ext]
 
 
+def _csv_dialect(fmt: str) -> dict:
+    return {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "tsv" else {}
+
+
+def _csv_header(path: str, fmt: str) -> list:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return next(csv.reader(f, **_csv_dialect(fmt)), [])
+
+
 def _csv_records(path: str, fmt: str, wanted: Sequence[str], report: ReadReport):
     """(location, {column: value}) per data row; rows whose column count differs from the header are skipped."""
-    quoting = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "tsv" else {}
     with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, **quoting)
+        reader = csv.reader(f, **_csv_dialect(fmt))
         header = next(reader, None)
         if header is None:
             raise ValueError(f"{path}: empty file, expected a header row")
@@ -212,10 +220,7 @@ class ClassifyTask(Task):
             records = _jsonl_records(path, report)
             has_labels = None  # decided per record: a JSONL test file simply lacks the field
         else:
-            with open(path, encoding="utf-8-sig", newline="") as f:
-                first = f.readline().rstrip("\r\n")
-            header = first.split("\t") if fmt == "tsv" else next(csv.reader([first]))
-            has_labels = bool(self.label_column) and self.label_column in header
+            has_labels = bool(self.label_column) and self.label_column in _csv_header(path, fmt)
             records = _csv_records(path, fmt, text_columns, report)
         examples = []
         for location, record in records:
