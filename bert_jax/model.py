@@ -477,7 +477,8 @@ def abstract_params(module: nn.Module, **inputs) -> Any:
 def init_params(module: nn.Module, rng, **inputs) -> Any:
     """Unboxed float32 parameters (plain arrays); for sharded creation see bert_jax/sharding.py."""
     inputs = inputs or dummy_inputs()
-    return nn.meta.unbox(module.init(rng, **inputs)["params"])
+    # jit: op-by-op initialisation of a deep model is many times slower than one compiled call.
+    return nn.meta.unbox(jax.jit(module.init)(rng, **inputs)["params"])
 
 
 def count_params(params) -> int:

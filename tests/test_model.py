@@ -220,7 +220,8 @@ def test_remat_changes_memory_not_gradients(policy):
         return jax.grad(loss)(p)
 
     reference = grads(config, params)
-    for scan in (False, True):
+    # Every policy unscanned; the scanned layout once (remat inside nn.scan takes another code path).
+    for scan in (False, True) if policy == "dots" else (False,):
         cfg = config.replace(remat_policy=policy, scan_layers=scan)
         g = grads(cfg, model.scan_params(params) if scan else params)
         g = model.unscan_params(g) if scan else g
