@@ -217,7 +217,7 @@ def test_remat_changes_memory_not_gradients(policy):
         def loss(p):
             out = model.BertForPreTraining(cfg).apply({"params": p}, **batch)
             return jnp.mean(out["mlm_logits"] ** 2) + jnp.mean(out["nsp_logits"] ** 2)
-        return jax.grad(loss)(p)
+        return jax.jit(jax.grad(loss))(p)
 
     reference = grads(config, params)
     # Every policy unscanned; the scanned layout once (remat inside nn.scan takes another code path).
