@@ -111,7 +111,8 @@ def test_mrpc_byte_order_mark_and_column_names(tmp_path):
 def test_mnli_matched_and_mismatched_files(tmp_path):
     header_dev = ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
                   "sentence2_parse\tsentence1\tsentence2\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label\n")
-    row = "0\t1\t1n\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tThe cat sat.\tA cat rested.\t{0}\t{0}\t{0}\t{0}\t{0}\t{0}\n"
+    row = ("0\t1\t1n\tfiction\t( a )\t( b )\t(ROOT a)\t(ROOT b)\tThe cat sat.\tA cat rested.\t"
+           "{0}\t{0}\t{0}\t{0}\t{0}\t{0}\n")
     write(tmp_path / "dev_matched.tsv", header_dev + row.format("entailment") + row.format("neutral"))
     write(tmp_path / "dev_mismatched.tsv", header_dev + row.format("contradiction"))
     header_test = header_dev.rsplit("\tlabel1", 1)[0] + "\n"
@@ -121,10 +122,30 @@ def test_mnli_matched_and_mismatched_files(tmp_path):
     assert task.labels == ("contradiction", "entailment", "neutral")  # run_classifier.py's order
     matched, _ = task.read("validation_matched", str(tmp_path))
     mismatched, _ = task.read("validation_mismatched", str(tmp_path))
-    assert [e.label for e in matched] == ["entailment", "neutral"] and [e.label for e in mismatched] == ["contradiction"]
+    assert [e.label for e in matched] == ["entailment", "neutral"]
+    assert [e.label for e in mismatched] == ["contradiction"]
     assert (matched[0].text, matched[0].text_pair) == ("The cat sat.", "A cat rested.")
     test, report = task.read("test_mismatched", str(tmp_path))
     assert report.ok and test[0].guid == "7" and test[0].label is None
+
+
+@pytest.mark.parametrize("task, split, content, expected", [
+    ("cola", "test", "index\tsentence\n0\tBill whistled past the house.\n",
+     ("0", "Bill whistled past the house.", None, None)),
+    ("qnli", "dev", "index\tquestion\tsentence\tlabel\n3\tWhat?\tThis.\tnot_entailment\n",
+     ("3", "What?", "This.", "not_entailment")),
+    ("qnli", "test", "index\tquestion\tsentence\n0\tWhat?\tThis.\n", ("0", "What?", "This.", None)),
+    ("wnli", "dev", "index\tsentence1\tsentence2\tlabel\n0\tA b.\tC d.\t1\n", ("0", "A b.", "C d.", "1")),
+    ("qqp", "dev", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n9\t1\t2\tQ1?\tQ2?\t0\n",
+     ("9", "Q1?", "Q2?", "0")),
+    ("qqp", "test", "id\tquestion1\tquestion2\n0\tQ1?\tQ2?\n", ("0", "Q1?", "Q2?", None)),
+    ("stsb", "test", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\n"
+     "0\tmain-news\theadlines\t2015\t0001\tnone\tnone\tA.\tB.\n", ("0", "A.", "B.", None)),
+])
+def test_column_layouts_of_every_task(tmp_path, task, split, content, expected):
+    path = write(tmp_path / "file.tsv", content)
+    examples, report = get_task(task).read(split, str(path))
+    assert report.ok and [(e.guid, e.text, e.text_pair, e.label) for e in examples] == [expected]
 
 
 def test_bad_rows_are_counted_with_file_and_line(tmp_path):

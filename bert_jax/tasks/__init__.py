@@ -243,7 +243,7 @@ def load_tfds(name: str, split: str, data_dir: Optional[str] = None) -> tuple[It
         dataset = builder.as_dataset(split=split, shuffle_files=False)
     except AssertionError as error:  # TFDS asserts when the data was never downloaded and prepared
         raise FileNotFoundError(f"TFDS {name} is not prepared in {data_dir or '~/tensorflow_datasets'}: run "
-                                f"tfds.builder({name!r}).download_and_prepare() with network access ({error})")
+                                f"tfds.builder({name!r}).download_and_prepare() with network access ({error})") from None
     return tfds.as_numpy(dataset), builder.info.features
 
 

@@ -307,6 +307,8 @@ def classify_task(name: str = "classify", *, text_column: str = "text", text_pai
     if kind not in ("classification", "regression"):
         raise ValueError(f"classify: kind must be 'classification' or 'regression', got {kind!r}")
     if kind == "regression":
+        if labels:
+            raise ValueError("classify: a regression task takes no labels")
         names, best = ("pearson", "spearman", "mse"), "pearson"
         labels = ()
     else:

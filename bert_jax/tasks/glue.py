@@ -137,13 +137,12 @@ class GlueTask(Task):
             value = record["label"]
             # TFDS marks the unlabeled test records with label -1.
             if self.kind == "regression":
-                fields["label"] = None if float(value) == -1 else float(value)
+                label = None if float(value) == -1 else float(value)
             else:
-                fields["label"] = None if int(value) < 0 else label_names[int(value)]
-            fields["idx"] = int(record.get("idx", n))
-            has_labels = fields["label"] is not None
-            example = self._example(f"tfds {name} {split}[{n}]", {**fields, self.file_format.label_column: fields["label"]},
-                                    has_labels, "idx", report, text_columns)
+                label = None if int(value) < 0 else label_names[int(value)]
+            fields[self.file_format.label_column], fields["idx"] = label, int(record.get("idx", n))
+            example = self._example(f"tfds {name} {split}[{n}]", fields, label is not None, "idx", report,
+                                    text_columns)
             if example is not None:
                 examples.append(example)
         return examples, report

@@ -317,9 +317,9 @@ def entity_f1(gold_sequences: Sequence[Sequence[str]], predicted_sequences: Sequ
         return precision, recall, f1
 
     precision, recall, f1 = scores(gold, predicted)
-    result = {"precision": precision, "recall": recall, "f1": f1, "num_gold": len(gold), "num_predicted": len(predicted)}
+    result = {"precision": precision, "recall": recall, "f1": f1,
+              "num_gold": len(gold), "num_predicted": len(predicted)}
     for entity_type in sorted({e[1] for e in gold | predicted}):
-        of_type = lambda spans: {e for e in spans if e[1] == entity_type}  # noqa: E731
-        p, r, f = scores(of_type(gold), of_type(predicted))
+        p, r, f = scores({e for e in gold if e[1] == entity_type}, {e for e in predicted if e[1] == entity_type})
         result.update({f"{entity_type}_precision": p, f"{entity_type}_recall": r, f"{entity_type}_f1": f})
     return result

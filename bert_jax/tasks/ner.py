@@ -130,6 +130,8 @@ class NerTask(Task):
             raise ValueError(f"max_seq_length must be at least 3, got {max_seq_length}")
         label_ids = {tag: i for i, tag in enumerate(self.labels)}
         labeled = bool(examples) and all(e.tags is not None for e in examples)
+        if not labeled and any(e.tags is not None for e in examples):
+            raise ValueError("examples mix labeled and unlabeled sentences; featurize them apart")
         room = max_seq_length - 2
         rows = {k: [] for k in ("input_ids", "attention_mask", "token_type_ids", "labels", "word_index",
                                 "example_index")}

@@ -3,8 +3,9 @@
 Featurisation follows Google's run_squad.py with one change of means: instead of whitespace-splitting the
 context and aligning word pieces back by string matching, the context is tokenized once with the tokenizer's
 `tokenize_with_offsets`, and each word piece keeps its character span in the original context. Answers are
-then cut straight out of the context (`context[start_char:end_char]`), so they are exact substrings whatever the
-accents, unicode or spacing.
+then cut straight out of the context (`span_text`: from the start piece's first character to the end piece's last,
+plus any combining accents an uncased tokenizer dropped), so they are exact substrings whatever the accents,
+unicode or spacing.
 
     [CLS] question (at most max_query_length pieces) [SEP] context window [SEP] padding
     token_type_ids 0 ... up to and including the first [SEP], 1 over the window and its [SEP]
@@ -33,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from bert_jax.tasks import ReadReport, Task, decode_text, load_tfds, pad_to, stack
+from bert_jax.tasks import ReadReport, Task, decode_text, load_tfds, stack
 from bert_jax.tasks import metrics
 
 
