@@ -202,9 +202,13 @@ class Task:
         raise ValueError(f"task {self.name!r} cannot be read from TFDS; give a local path")
 
     def featurize(self, examples: Sequence, tokenizer, max_seq_length: int, **options) -> dict:
+        """Model inputs; `options` are the family's own (SQuAD: doc_stride, max_query_length); an unknown one is a
+        TypeError, so that a misspelt option never goes unnoticed."""
         raise NotImplementedError
 
     def decode(self, outputs: dict, features: dict, examples: Sequence, **options) -> Any:
+        """Predictions from model outputs; `options` as for featurize (SQuAD: n_best_size, max_answer_length,
+        null_score_diff_threshold)."""
         raise NotImplementedError
 
     def evaluate(self, predictions: Any, examples: Sequence) -> dict:

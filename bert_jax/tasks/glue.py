@@ -149,10 +149,10 @@ class GlueTask(Task):
 
     # --- features, decoding, metrics ---------------------------------------------------------------------------
 
-    def featurize(self, examples, tokenizer, max_seq_length=128, **options):
+    def featurize(self, examples, tokenizer, max_seq_length=128):
         return featurize_text_pairs(examples, tokenizer, max_seq_length, self.kind, self.labels)
 
-    def decode(self, outputs, features, examples, **options):
+    def decode(self, outputs, features, examples):
         return decode_logits(outputs, len(examples), self.kind)
 
     def evaluate(self, predictions, examples):

@@ -81,7 +81,7 @@ class MultipleChoiceTask(Task):
             path = find_split_file(path, split, _SPLIT_FILES)
         return read_swag_csv(path, self.num_choices, strict)
 
-    def featurize(self, examples, tokenizer, max_seq_length=128, **options):
+    def featurize(self, examples, tokenizer, max_seq_length=128):
         """input_ids, attention_mask, token_type_ids [N, choices, T]; labels [N] when every example has one."""
         if max_seq_length < 4:
             raise ValueError(f"max_seq_length must be at least 4, got {max_seq_length}")
@@ -104,7 +104,7 @@ class MultipleChoiceTask(Task):
             features["labels"] = np.asarray([e.label for e in examples], np.int32)
         return features
 
-    def decode(self, outputs, features, examples, **options):
+    def decode(self, outputs, features, examples):
         logits = np.asarray(outputs["logits"])
         if logits.shape != (len(examples), self.num_choices):
             raise ValueError(f"logits must be [{len(examples)}, {self.num_choices}], got {logits.shape}")

@@ -124,7 +124,7 @@ class NerTask(Task):
 
     # --- features ----------------------------------------------------------------------------------------------
 
-    def featurize(self, examples, tokenizer, max_seq_length=128, **options):
+    def featurize(self, examples, tokenizer, max_seq_length=128):
         """Word pieces of each sentence in windows of at most max_seq_length - 2 pieces; see the module doc."""
         if max_seq_length < 3:
             raise ValueError(f"max_seq_length must be at least 3, got {max_seq_length}")
@@ -162,7 +162,7 @@ class NerTask(Task):
 
     # --- decoding and metrics ----------------------------------------------------------------------------------
 
-    def decode(self, outputs, features, examples, **options):
+    def decode(self, outputs, features, examples):
         """Word-level tags per sentence from logits [F, T, L]: the argmax on each word's first piece."""
         logits = np.asarray(outputs["logits"])
         word_index, example_index = features["word_index"], features["example_index"]

@@ -187,7 +187,7 @@ class SquadTask(Task):
 
     # --- features ----------------------------------------------------------------------------------------------
 
-    def featurize(self, examples, tokenizer, max_seq_length=384, doc_stride=128, max_query_length=64, **options):
+    def featurize(self, examples, tokenizer, max_seq_length=384, doc_stride=128, max_query_length=64):
         """Sliding windows over each context; see the module doc for the layout and the targets."""
         if max_seq_length < max_query_length + 4:
             raise ValueError(f"max_seq_length ({max_seq_length}) must exceed max_query_length ({max_query_length}) "
@@ -240,7 +240,7 @@ class SquadTask(Task):
     # --- decoding ----------------------------------------------------------------------------------------------
 
     def decode(self, outputs, features, examples, n_best_size=20, max_answer_length=30,
-               null_score_diff_threshold=0.0, **options) -> SpanPredictions:
+               null_score_diff_threshold=0.0) -> SpanPredictions:
         start_logits = np.asarray(outputs["start_logits"], np.float64)
         end_logits = np.asarray(outputs["end_logits"], np.float64)
         char_start, char_end = features["token_char_start"], features["token_char_end"]
