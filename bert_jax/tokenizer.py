@@ -92,17 +92,6 @@ def is_cjk(char: str) -> bool:
             or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
 
 
-def is_whitespace(char: str) -> bool:
-    # U+2028/U+2029 are not Zs, but the original splits words with str.split(), which splits on them.
-    return char in " \t\n\r\u2028\u2029" or unicodedata.category(char) == "Zs"
-
-
-def is_control(char: str) -> bool:
-    if char in "\t\n\r":  # control characters by category, but BERT counts them as whitespace
-        return False
-    return unicodedata.category(char) in ("Cc", "Cf")
-
-
 def is_punctuation(char: str) -> bool:
     cp = ord(char)
     # ASCII symbols such as '$', '+', '^', '`' are not in a P* category, but BERT splits them off too.
@@ -117,18 +106,23 @@ def normalize_char(char: str, lower_case: bool) -> str:
     '' drops it, ' ' ends a word, and characters that form a word of their own (punctuation, CJK) come back
     wrapped in spaces. So `"".join(normalize_char(c) for c in text).split()` are the words of `text`.
     """
-    if char in "\x00\ufffd" or is_control(char):
-        return ""
-    if is_whitespace(char):
+    category = unicodedata.category(char)
+    if char in "\t\n\r\u2028\u2029" or category == "Zs":
+        # Tab, newline and CR are Cc but BERT counts them as whitespace; U+2028/U+2029 are not Zs, but the
+        # original splits words with str.split(), which splits on them.
         return " "
-    if is_cjk(char):
-        return f" {char} "
-    if unicodedata.category(char) in ("Cn", "Co", "Cs"):  # unassigned, private use, surrogate: kept as they are
-        return char
+    if char in "\x00\ufffd" or category in ("Cc", "Cf"):
+        return ""
+    cjk = is_cjk(char)
+    if category in ("Cn", "Co", "Cs") and not cjk:
+        return char  # unassigned, private use, surrogate: kept as they are
     chars = char
     if lower_case:
+        # NFD also maps CJK compatibility ideographs to unified ones (U+F902 -> U+8ECA).
         chars = unicodedata.normalize("NFD", char.lower())
         chars = "".join(c for c in chars if unicodedata.category(c) != "Mn")
+    if cjk:
+        return f" {chars} "
     return "".join(f" {c} " if is_punctuation(c) else c for c in chars)
 
 
@@ -151,13 +145,13 @@ _CHAR_TABLES = {True: _CharTable(True), False: _CharTable(False)}
 @functools.lru_cache(maxsize=4)
 def changed_chars(lower_case: bool) -> dict[int, str]:
     """Every code point that `normalize_char` does not map to itself (for the in-graph tokenizer)."""
-    changed = {cp: f" {chr(cp)} " for lo, hi in CJK_RANGES for cp in range(lo, hi + 1)}
+    changed = {}
     category = unicodedata.category
     for cp in itertools.chain(range(0x40000), range(0xE0000, 0xF0000)):
         # Planes 4-13 are unassigned and planes 15-16 private use (Unicode 14/15): both stay as they are.
         char = chr(cp)
-        if category(char) in ("Cn", "Co", "Cs") or cp in changed:
-            continue  # identity (most of the code space), or done above: skip the slower checks
+        if category(char) in ("Cn", "Co", "Cs") and not is_cjk(char):
+            continue  # identity, most of the code space: skip the slower checks
         value = normalize_char(char, lower_case)
         if value != char:
             changed[cp] = value
@@ -245,7 +239,7 @@ class Tokenizer:
     def encode(self, text: str, text_pair: str | None = None, max_length: int | None = None) -> Encoding:
         """[CLS] A [SEP] (B [SEP]); with max_length, truncated longest-first like Hugging Face."""
         first = self.token_ids(text)
-        second = None if text_pair is None else self.token_ids(text_pair)
+        second = self.token_ids(text_pair) if text_pair else None  # "" counts as no pair, as in Hugging Face
         if max_length is not None:
             num_special = 2 if second is None else 3
             if max_length < num_special:
@@ -497,14 +491,17 @@ class SentencePieceTokenizer(Tokenizer):
         return "".join(chars), origins
 
     def tokenize(self, text: str) -> list[str]:
-        return self.processor.EncodeAsPieces(self._prepare(text)[0])
+        # Through the ids, so that an unknown piece reads [UNK] (the model would spell out its characters).
+        return self.convert_ids_to_tokens(self.token_ids(text))
 
     def token_ids(self, text: str) -> list[int]:
         return self.processor.EncodeAsIds(self._prepare(text)[0])
 
     def tokenize_with_offsets(self, text: str) -> tuple[list[str], list[tuple[int, int]]]:
+        """Pieces and their character spans in `text`; the space a '▁' stands for is not part of the span (a lone
+        '▁' piece gets an empty span)."""
         prepared, origins = self._prepare(text)
-        encoded = self.processor.EncodeAsImmutableProto(prepared)
+        encoded = self.processor.encode(prepared, out_type="proto")
         # The model reports UTF-8 byte offsets into `prepared`: turn them into character indices.
         char_at_byte = []
         for index, char in enumerate(prepared):
@@ -513,9 +510,11 @@ class SentencePieceTokenizer(Tokenizer):
         origins = origins + [len(text)]
         tokens, spans = [], []
         for piece in encoded.pieces:
-            tokens.append(piece.piece)
+            tokens.append(self.inv_vocab[piece.id])
             begin, end = char_at_byte[piece.begin], char_at_byte[piece.end]
-            if begin == end:  # a piece with no surface (e.g. a lone '▁')
+            while begin < end and prepared[begin].isspace():
+                begin += 1
+            if begin == end:
                 spans.append((origins[begin], origins[begin]))
             else:
                 spans.append((origins[begin], origins[end - 1] + 1))
