@@ -62,7 +62,9 @@ def test_notebook_pretrains_and_fills_masks_on_cpu(tmp_path, monkeypatch):
     losses = [r["loss"] for r in train]
     assert all(math.isfinite(x) for x in losses)
     assert losses[0] < math.log(2000) + math.log(2) + 1.0
-    assert losses[-1] < losses[0] - 0.5, losses
+    # Batches of 8 make single steps noisy: compare the first and last thirds.
+    third = max(1, len(losses) // 3)
+    assert sum(losses[-third:]) / third < sum(losses[:third]) / third - 0.5, losses
 
     # Fill-mask: per text, 5 distinct vocabulary tokens with probabilities in decreasing order, each inserted
     # in place of [MASK] in the returned sequence; the table printed by the notebook shows the same tokens.
