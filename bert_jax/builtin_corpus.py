@@ -5,7 +5,8 @@ Two sources, both shipped with the interpreter:
 
 * the language reference topics behind `help('if')` (`pydoc_data.topics.topics`): one document per topic;
 * the docstrings of the standard library: one document per module (its docstring and those of its
-  functions) and one per class with enough text (its docstring and those of its methods). Pure-Python
+  functions) and one per class (its docstring and those of its methods); a class of fewer than three
+  sentences joins its module's document, and a module that short opens its first class's. Pure-Python
   modules are read with `ast` from their source files and never imported, so nothing in them runs
   (`antigravity` would open a browser, `this` prints, `idlelib`/`tkinter` want a display). Compiled
   modules (`builtins`, `math`, `itertools`, ...) have no source and are imported; those are C modules
@@ -19,8 +20,8 @@ byte for byte on every run and host. Markup is cleaned so the text reads as pros
 emphasis, directives, headings and footnote marks are stripped; wrapped lines are joined. Paragraphs
 repeated verbatim (say `io` and `_pyio`) are kept once.
 
-Size on CPython 3.11.7 (`python -m bert_jax.builtin_corpus /tmp/corpus` prints it): 1,404 documents,
-21,210 sentences, 278,332 words, 1.72 MB in 4 files, of which the language reference is 68 documents and
+Size on CPython 3.11.7 (`python -m bert_jax.builtin_corpus /tmp/corpus` prints it): 1,254 documents,
+21,182 sentences, 278,332 words, 1.72 MB in 4 files, of which the language reference is 68 documents and
 42k words. That is what CPython's own prose amounts to once the code is removed; other 3.x versions
 differ by some percent. Building it takes 7-10 s on one CPU core, mostly `ast.parse`; `max_documents`
 stops the walk early.
@@ -49,7 +50,7 @@ from typing import Iterable, Iterator, Optional
 
 from bert_jax.text_reader import split_sentences
 
-FORMAT_VERSION = 1  # bump when the cleaning changes, so cached corpora are rebuilt
+FORMAT_VERSION = 2  # bump when the cleaning changes, so cached corpora are rebuilt
 _MANIFEST = "builtin_corpus.json"
 
 # ----------------------------------------------------------------------------------------------------
@@ -132,22 +133,39 @@ def iter_documents(max_documents: Optional[int] = None) -> Iterator[list[str]]:
     """Yields documents as lists of sentences, in a fixed order: topics, compiled modules, source modules."""
     seen: set[str] = set()  # cleaned paragraphs already emitted, to keep verbatim repeats once
     count = 0
-    for paragraphs in _documents_as_paragraphs():
-        sentences = _document_sentences(paragraphs, seen)
-        if not sentences:
-            continue
-        yield sentences
-        count += 1
-        if max_documents is not None and count >= max_documents:
-            return
+    for group in _document_groups():
+        module, *classes = (_document_sentences(paragraphs, seen) for paragraphs in group)
+        for sentences in _merge_small_documents(module, classes):
+            yield sentences
+            count += 1
+            if max_documents is not None and count >= max_documents:
+                return
+
+
+def _merge_small_documents(module: list[str], classes: list[list[str]]) -> list[list[str]]:
+    """A module's document and its classes' documents, with the short ones merged.
+
+    A class with fewer than _MIN_SENTENCES sentences (after de-duplication) joins the module's document;
+    a module document still that short opens its first class's document instead. So few documents are
+    a lone sentence, which could only ever be paired with a random next sentence.
+    """
+    big = []
+    for sentences in classes:
+        if len(sentences) >= _MIN_SENTENCES:
+            big.append(sentences)
+        else:
+            module = module + sentences
+    if big and len(module) < _MIN_SENTENCES:
+        big[0], module = module + big[0], []
+    return [d for d in (module, *big) if d]
 
 
 # ----------------------------------------------------------------------------------------------------
 # Sources: docstrings and topic pages, each document yielded as a list of cleaned paragraphs
 # ----------------------------------------------------------------------------------------------------
 
-# Classes with fewer cleaned sentences than this go into their module's document instead of their own.
-_MIN_CLASS_SENTENCES = 3
+# Class documents shorter than this (in sentences) go into their module's document.
+_MIN_SENTENCES = 3
 
 # Source-tree folders that hold tests, demos, vendored wheels or build files rather than documentation.
 _SKIPPED_DIRS = {
@@ -160,10 +178,12 @@ _SKIPPED_FILES = {"__hello__.py", "antigravity.py", "this.py"}
 _SKIPPED_EXTENSION = re.compile(r"^(_test.*|_ctypes_test|_xx.*|xx.*|readline|_tkinter|__.*)$")
 
 
-def _documents_as_paragraphs() -> Iterator[list[str]]:
-    yield from _topic_documents()
-    yield from _extension_module_documents()
-    yield from _source_module_documents()
+def _document_groups() -> Iterator[list[list[str]]]:
+    """Groups of documents as lists of cleaned paragraphs: [topic], or [module, class, class, ...]."""
+    for topic in _topic_documents():
+        yield [topic]
+    yield from _extension_module_groups()
+    yield from _source_module_groups()
 
 
 def _topic_documents() -> Iterator[list[str]]:
@@ -175,7 +195,7 @@ def _topic_documents() -> Iterator[list[str]]:
         yield _paragraphs(topics[name])
 
 
-def _source_module_documents() -> Iterator[list[str]]:
+def _source_module_groups() -> Iterator[list[list[str]]]:
     """Module and class documents from the docstrings of the standard library's .py files (never run)."""
     for path in _stdlib_source_files():
         try:
@@ -195,7 +215,7 @@ def _source_module_documents() -> Iterator[list[str]]:
                 class_documents.append(texts)
             else:
                 module_texts.append(ast.get_docstring(node) or "")
-        yield from _module_and_classes(module_texts, class_documents)
+        yield _module_group(module_texts, class_documents)
 
 
 def _stdlib_source_files() -> list[str]:
@@ -230,7 +250,7 @@ def _definitions(body: list[ast.stmt]) -> Iterator[ast.AST]:
             yield from _definitions(node.finalbody)
 
 
-def _extension_module_documents() -> Iterator[list[str]]:
+def _extension_module_groups() -> Iterator[list[list[str]]]:
     """Module and class documents from compiled modules (builtins, math, ...), which have no source."""
     names = set(sys.builtin_module_names)
     dynload = os.path.join(sysconfig.get_paths()["stdlib"], "lib-dynload")
@@ -259,7 +279,7 @@ def _extension_module_documents() -> Iterator[list[str]]:
                 class_documents.append(texts)
             elif inspect.isbuiltin(value):
                 module_texts.append(_own_doc(value))
-        yield from _module_and_classes(module_texts, class_documents)
+        yield _module_group(module_texts, class_documents)
 
 
 def _quiet_import(name: str):
@@ -280,22 +300,9 @@ def _own_doc(obj) -> str:
     return inspect.cleandoc(doc) if isinstance(doc, str) else ""
 
 
-def _module_and_classes(module_texts: list[str], class_documents: list[list[str]]) -> Iterator[list[str]]:
-    """The module document, then one per class; a class with little text joins its module's document.
-
-    Documents are yielded as lists of cleaned paragraphs.
-    """
-    module_document = [p for text in module_texts for p in _paragraphs(text)]
-    big_classes = []
-    for texts in class_documents:
-        paragraphs = [p for text in texts for p in _paragraphs(text)]
-        # The sentence count before de-duplication decides where the class goes.
-        if sum(len(split_sentences(p)) for p in paragraphs) >= _MIN_CLASS_SENTENCES:
-            big_classes.append(paragraphs)
-        else:
-            module_document.extend(paragraphs)
-    yield module_document
-    yield from big_classes
+def _module_group(module_texts: list[str], class_documents: list[list[str]]) -> list[list[str]]:
+    """[module document, class document, ...], each the cleaned paragraphs of its docstrings."""
+    return [[p for text in texts for p in _paragraphs(text)] for texts in [module_texts, *class_documents]]
 
 
 # ----------------------------------------------------------------------------------------------------
