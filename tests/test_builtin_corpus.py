@@ -96,6 +96,8 @@ def test_size_is_within_the_documented_bounds(corpus):
     # Prose, not word lists: sentences average 8-30 words, documents hold several sentences.
     assert 8 <= stats["words"] / stats["sentences"] <= 30, stats
     assert stats["sentences"] / stats["documents"] >= 5, stats
+    lone = sum(1 for d in read_documents(paths) if len(d) == 1)
+    assert lone / stats["documents"] < 0.1, f"{lone} one-sentence documents"
     # The shards are balanced (documents are dealt round-robin).
     sizes = [os.path.getsize(p) for p in paths]
     assert max(sizes) <= 1.6 * min(sizes), sizes
@@ -236,3 +238,15 @@ def test_cleaning_turns_a_docstring_with_markup_into_prose():
         "A bullet item that is long enough to wrap onto a second line.",
         "Another item, with a hyphenated built-in word.",
     ]
+
+
+def test_short_class_documents_are_merged_into_their_module():
+    merge = builtin_corpus._merge_small_documents
+    # A short class joins the module; the module, still short, then opens the first long class.
+    assert merge(["m1"], [["a1", "a2", "a3"], ["b1"]]) == [["m1", "b1", "a1", "a2", "a3"]]
+    # A long module keeps its own document; long classes keep theirs.
+    module = ["m1", "m2", "m3"]
+    assert merge(module, [["b1"], ["c1", "c2", "c3"]]) == [["m1", "m2", "m3", "b1"], ["c1", "c2", "c3"]]
+    # No long class: everything in one document; nothing at all: no document.
+    assert merge([], [["a1"], ["b1", "b2"]]) == [["a1", "b1", "b2"]]
+    assert merge([], [[], []]) == []
