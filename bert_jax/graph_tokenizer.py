@@ -18,7 +18,7 @@ normalisation and found as whole words afterwards; the rare input that already h
 it swapped for another character outside the vocabulary, which leaves every id unchanged.
 
 SentencePiece uses tf-text's SentencepieceTokenizer on the same model file; a lower-cased SentencePiece tokenizer
-lower-cases each text segment between literal special tokens with the same kind of table first.
+first lower-cases every character outside the special tokens written in the text, with the same kind of table.
 """
 
 from __future__ import annotations
@@ -180,17 +180,36 @@ class SentencePieceGraphTokenizer(GraphTokenizer):
             self._lower = CharMapper(lowered_chars())
 
     def _lower_outside_special_tokens(self, strings: tf.Tensor) -> tf.Tensor:
-        segments = tf_text.regex_split(strings, _SPECIAL_PATTERN, keep_delim_regex_pattern=_SPECIAL_PATTERN)
-        is_special = tf.strings.regex_full_match(segments.flat_values, _SPECIAL_PATTERN)
-        codepoints = tf.strings.unicode_decode(segments.flat_values, "UTF-8", errors="replace")  # [S, (chars)]
-        keep = tf.gather(is_special, codepoints.value_rowids())  # per code point: inside a special token?
-        lowered = tf.strings.unicode_encode(self._lower.map_codepoints(codepoints, keep=keep), "UTF-8")
-        return tf.strings.reduce_join(segments.with_flat_values(lowered), axis=-1)
+        codepoints = tf.strings.unicode_decode(strings, "UTF-8", errors="replace")  # [N, (chars)]
+        keep = _inside_special_tokens(codepoints)
+        return tf.strings.unicode_encode(self._lower.map_codepoints(codepoints, keep=keep), "UTF-8")
 
     def _tokenize_batch(self, strings: tf.Tensor) -> tf.RaggedTensor:
         if self._lower is not None:
             strings = self._lower_outside_special_tokens(strings)
         return self._model.tokenize(strings)
+
+
+def _inside_special_tokens(codepoints: tf.RaggedTensor) -> tf.Tensor:
+    """bool per flat code point: part of a special token written in the text ("[MASK]").
+
+    Compares shifted copies of the flat code points with each token (no regex op: tf-text's regex_split stops
+    at NUL characters). Two special tokens cannot overlap, as each has a single '['.
+    """
+    flat = codepoints.flat_values  # [M]
+    rows = codepoints.value_rowids()  # [M], the text of each code point
+    size = tf.size(flat)
+    covered = tf.zeros([size], tf.bool)
+    for token in SPECIAL_TOKENS:
+        length = len(token)
+        padded = tf.concat([flat, tf.fill([length], -1)], axis=0)
+        padded_rows = tf.concat([rows, tf.fill([length], tf.constant(-1, rows.dtype))], axis=0)
+        starts = tf.equal(padded_rows[length - 1 : length - 1 + size], rows)  # the token fits inside the text
+        for offset, char in enumerate(token):
+            starts &= tf.equal(padded[offset : offset + size], ord(char))
+        for offset in range(length):  # mark the `length` code points from each start
+            covered |= tf.concat([tf.zeros([offset], tf.bool), starts[: size - offset]], axis=0)
+    return covered
 
 
 def make_graph_tokenizer(tokenizer: Tokenizer, dtype: tf.DType = tf.int32) -> GraphTokenizer:
