@@ -434,21 +434,38 @@ def find_tf_checkpoint(path) -> str:
 def fill_missing_parts(imported: Imported, config: BertConfig, seed: int = 0) -> tuple[dict, list]:
     """Add fresh (model.py init) parameters for the pretraining parts the source lacked: (params, fresh parts)."""
     missing = [p for p in PRETRAINING_PARTS if p not in imported.parts]
+    if "encoder" in missing:
+        raise ValueError(f"{imported.source}: no encoder weights to complete")
     if not missing:
         return imported.params, []
+    fresh = {}
+    for part, rng in zip(missing, _split_rng(seed, len(missing))):
+        fresh.update(flatten(_fresh_part(part, config, rng)))
+    fresh = {path: np.asarray(value, np.float32) for path, value in fresh.items()}
+    return unflatten({**flatten(imported.params), **fresh}), missing
+
+
+def _split_rng(seed: int, n: int):
     import jax
 
-    from bert_jax.model import BertForPreTraining, init_params
+    return jax.random.split(jax.random.PRNGKey(seed), n)
 
-    wanted = [path for path in pretraining_shapes(config) if part_of(path) in missing]
 
-    @jax.jit
-    def fresh(rng):  # returning only the missing leaves lets XLA skip initialising the rest
-        flat = flatten(init_params(BertForPreTraining(config.replace(scan_layers=False)), rng))
-        return {"/".join(path): flat[path] for path in wanted}
+def _fresh_part(part: str, config: BertConfig, rng) -> dict:
+    """One part initialised on its own by its model.py module (small graphs: no whole-model init)."""
+    import flax.linen as nn
+    import jax.numpy as jnp
 
-    new = {tuple(k.split("/")): np.asarray(v, np.float32) for k, v in fresh(jax.random.PRNGKey(seed)).items()}
-    return unflatten({**flatten(imported.params), **new}), missing
+    from bert_jax.model import Pooler, PretrainingHeads
+
+    hidden = jnp.zeros((1, 1, config.hidden_size), jnp.float32)  # [B, T, H] dummy activations
+    if part == "pooler":
+        return {"bert": {"pooler": nn.meta.unbox(Pooler(config).init(rng, hidden)["params"])}}
+    word_embeddings = jnp.zeros((config.vocab_size, config.hidden_size), jnp.float32)
+    variables = PretrainingHeads(config).init(rng, hidden, hidden[:, 0], lambda x: x @ word_embeddings.T)
+    heads = nn.meta.unbox(variables["params"])
+    name = {"mlm": "predictions", "nsp": "seq_relationship"}[part]
+    return {"cls": {name: heads[name]}}
 
 
 def _complete(imported: Imported, config: BertConfig) -> dict:

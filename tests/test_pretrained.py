@@ -5,12 +5,14 @@ import json
 import re
 import shutil
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
 from bert_jax import heads
-from bert_jax.model import BertConfig, BertForPreTraining, init_params, is_scanned, scan_params
+from bert_jax.convert import head_shapes, pretraining_shapes, unflatten
+from bert_jax.model import BertConfig, abstract_params, is_scanned, scan_params
 from bert_jax.pretrained import load_pretrained, read_manifest, save_pretrained
 from bert_jax.tokenizer import WordPieceTokenizer
 
@@ -26,9 +28,17 @@ def config(tokenizer):
                       intermediate_size=64, max_position_embeddings=40)
 
 
+def random_params(config, extra_shapes=None, seed=0):
+    """Random float32 values in the shapes of BertForPreTraining (+ extra paths): no model init needed to test
+    storage, and no value is its initial constant."""
+    rng = np.random.default_rng(seed)
+    shapes = {**pretraining_shapes(config), **(extra_shapes or {})}
+    return unflatten({path: rng.standard_normal(shape).astype(np.float32) for path, shape in shapes.items()})
+
+
 @pytest.fixture(scope="module")
 def params(config):
-    return init_params(BertForPreTraining(config), jax.random.PRNGKey(0))
+    return random_params(config)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +87,10 @@ def test_overrides_and_layouts(saved, config, params, tokenizer, tmp_path):
 
 
 def test_finetuning_head_with_task_and_labels(config, tokenizer, tmp_path):
-    model = heads.BertForSequenceClassification(config, num_labels=3)
-    head_params = init_params(model, jax.random.PRNGKey(1))
+    head_params = random_params(config, head_shapes(config, "classifier", 3), seed=1)
+    del head_params["cls"]  # a fine-tuned classifier: encoder + head
+    abstract = abstract_params(heads.BertForSequenceClassification(config, num_labels=3))
+    assert jax.tree.structure(nn.meta.unbox(abstract)) == jax.tree.structure(head_params)  # heads.py's layout
     manifest = save_pretrained(tmp_path / "clf", config, head_params, tokenizer, task="sequence_classification",
                                labels=["a", "b", "c"], fresh=["mlm", "nsp"])
     assert manifest["parts"] == ["encoder", "pooler", "classifier"]

@@ -14,6 +14,7 @@ import os
 import sys
 
 from absl import flags
+from absl import logging as absl_logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's start-up chatter would bury the warnings that matter
 
@@ -27,6 +28,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    if not FLAGS["verbosity"].present:  # keep Orbax's INFO chatter out of a command's output
+        absl_logging.set_verbosity(absl_logging.WARNING)
     if len(argv) > 1:
         print(f"convert: error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2

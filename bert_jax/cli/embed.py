@@ -11,6 +11,7 @@ keeping [SEP]; a warning says how many.
 import sys
 
 from absl import flags
+from absl import logging as absl_logging
 
 flags.DEFINE_string("checkpoint", None, "bert_jax model directory.")
 flags.DEFINE_string("input", None, "UTF-8 text file, one text per line.")
@@ -24,6 +25,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    if not FLAGS["verbosity"].present:  # keep Orbax's INFO chatter out of a command's output
+        absl_logging.set_verbosity(absl_logging.WARNING)
     if len(argv) > 1:
         print(f"embed: error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ loads it without missing keys. Needs neither torch nor transformers.
 import sys
 
 from absl import flags
+from absl import logging as absl_logging
 
 flags.DEFINE_string("checkpoint", None, "bert_jax model directory (from convert, pretrain or finetune).")
 flags.DEFINE_string("output", None, "New Hugging Face directory (must not exist or be empty).")
@@ -20,6 +21,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    if not FLAGS["verbosity"].present:  # keep Orbax's INFO chatter out of a command's output
+        absl_logging.set_verbosity(absl_logging.WARNING)
     if len(argv) > 1:
         print(f"export-hf: error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import json
 import sys
 
 from absl import flags
+from absl import logging as absl_logging
 
 flags.DEFINE_string("checkpoint", None, "bert_jax model directory with an MLM head.")
 flags.DEFINE_integer("top-k", 5, "Predictions per [MASK].", lower_bound=1)
@@ -20,6 +21,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+    if not FLAGS["verbosity"].present:  # keep Orbax's INFO chatter out of a command's output
+        absl_logging.set_verbosity(absl_logging.WARNING)
     texts = argv[1:]
     if not texts:
         print('fill-mask: error: give one or more texts, e.g. "Paris is the [MASK] of France."', file=sys.stderr)
