@@ -147,8 +147,10 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
                 isinstance(want, (int, float)) and not isinstance(have, (int, float))) or (
                 isinstance(want, str) and not isinstance(have, str)):
             raise ValueError(f"config.{key}={have!r}: expected a {type(want).__name__}")
+    if "phases" in given:  # a config read back from JSON has lists
+        given["phases"] = tuple(dict(phase) if isinstance(phase, Mapping) else phase for phase in given["phases"])
     merged = default_config()
-    merged.update_from_flattened_dict({k: v for k, v in given.items()})
+    merged.update_from_flattened_dict(given)
 
     def bad(key, why):
         raise ValueError(f"config.{key}={_get(merged, key)!r}: {why}")

@@ -148,7 +148,7 @@ def test_lamb_matches_numpy_on_one_step():
     grads = {k: rng.normal(0, 0.01, s).astype(np.float32) for k, s in PARAM_SHAPES.items()}  # norm < 1: no clip
     tx, _ = optim.make_optimizer("lamb", learning_rate=0.1, warmup_steps=0, total_steps=4)
     tree = nested({k: jnp.asarray(v) for k, v in params.items()})
-    updates, _ = tx.update(nested({k: jnp.asarray(v) for k, v in grads.items()}), tx.init(tree), tree)
+    updates, _ = jax.jit(tx.update)(nested({k: jnp.asarray(v) for k, v in grads.items()}), tx.init(tree), tree)
     got = flat(optax.apply_updates(tree, updates))
     expected = numpy_lamb_step(params, grads, lr=0.1)  # step 0 of warmup 0: the full rate
     for name in PARAM_SHAPES:
