@@ -18,7 +18,8 @@ fine-tuning head. `import_*` returns the parts it found; `fill_missing_parts` in
 (model.py init) so the tree runs in BertForPreTraining; `params_from_*` do both and log what was initialised.
 
 `convert_checkpoint` turns a source directory into a bert_jax model directory (see bert_jax/pretrained.py) and
-`export_hf` writes one back as a Hugging Face directory. Neither needs torch or transformers.
+`export_hf` writes one back as a Hugging Face directory. Neither needs transformers; torch only to read a
+pytorch_model.bin.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -160,16 +160,21 @@ def tf_name(path: tuple) -> tuple[str, bool]:
     return "/".join(path), False
 
 
-@functools.lru_cache(maxsize=16)
 def pretraining_shapes(config: BertConfig) -> dict:
     """{path: shape} of every BertForPreTraining parameter, from jax.eval_shape (nothing allocated)."""
-    import jax
+    return dict(_pretraining_shapes(config.replace(scan_layers=False)))
+
+
+@functools.lru_cache(maxsize=16)
+def _pretraining_shapes(config: BertConfig) -> tuple:
     import flax.linen as nn
+    import jax
 
     from bert_jax.model import BertForPreTraining, abstract_params
 
-    tree = nn.meta.unbox(abstract_params(BertForPreTraining(config.replace(scan_layers=False))))
-    return {tuple(k.key for k in path): tuple(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    tree = nn.meta.unbox(abstract_params(BertForPreTraining(config)))
+    return tuple((tuple(k.key for k in path), tuple(x.shape))
+                 for path, x in jax.tree_util.tree_flatten_with_path(tree)[0])
 
 
 def head_shapes(config: BertConfig, head: str, num_outputs: int) -> dict:
@@ -245,7 +250,7 @@ def check_params(params: Mapping, config: BertConfig, where: str = "params") -> 
     if layers != config.num_layers:
         raise ValueError(f"{where}: the config says num_layers={config.num_layers} but the weights have "
                          f"{layers or 0} encoder layers")
-    expected = dict(pretraining_shapes(config))
+    expected = pretraining_shapes(config)
     for head in FINETUNING_HEADS:
         if (head, "bias") in flat:
             expected.update(head_shapes(config, head, np.shape(flat[(head, "bias")])[0]))
@@ -290,7 +295,7 @@ class _Source:
 
 def _import(source: _Source, config: BertConfig, name_of: Callable, skipped: list) -> Imported:
     """Map every tensor of `source` onto a bert_jax path, asserting shapes; nothing left over, nothing missing."""
-    expected = dict(pretraining_shapes(config))
+    expected = pretraining_shapes(config)
     for head in FINETUNING_HEADS:  # the head width (num_labels) comes from the source's bias
         bias_name, _ = name_of((head, "bias"))
         if bias_name in source.shapes and len(source.shapes[bias_name]) == 1:

@@ -182,6 +182,17 @@ def test_tokenizer_json_stands_in_for_a_missing_vocab_txt(hf_bert_dir, small_voc
     assert load_pretrained(tmp_path / "model").tokenizer.lower_case is True
 
 
+def test_lower_case_comes_from_the_source_then_the_flag_then_the_vocab(tmp_path, caplog):
+    assert convert.resolve_lower_case(tmp_path, None) is None  # None: the tokenizer infers it from the vocab
+    assert convert.resolve_lower_case(tmp_path, False) is False  # --cased
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"normalizer": {"type": "BertNormalizer", "lowercase": False}}))
+    assert convert.resolve_lower_case(tmp_path, None) is False
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
+    with caplog.at_level(logging.WARNING, logger="bert_jax.convert"):
+        assert convert.resolve_lower_case(tmp_path, False) is True
+    assert "ignoring the requested lower_case=False" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Google TF checkpoints
 # ------------------------------------------------------------------------------------------------------------------
