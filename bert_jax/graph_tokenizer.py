@@ -46,37 +46,58 @@ _SPECIAL_PATTERN = r"\[(" + "|".join(token[1:-1] for token in SPECIAL_TOKENS) + 
 
 
 class CharMapper:
-    """Replaces code points by strings, in-graph, from a fixed table {code point: replacement}.
+    """Replaces code points by strings of up to 3 characters, in-graph, from a fixed table {code point: string}.
 
-    Code points outside the table stay as they are. Works on the flat code points of a whole batch at once:
-    one hash lookup, one gather.
+    Code points outside the table stay as they are. A dense table holds the output of every code point in the
+    ranges that can change (planes 0-2, plane 14, the sentinels U+10FFF0..U+10FFFF; asserted), identity included,
+    as fixed-width rows: per character one gather finds its output length, and one gather over the ragged range of
+    its row collects the output. Code points elsewhere (unassigned / private-use planes) are put back afterwards.
     """
 
+    WIDTH = 3
+    RANGES = ((0, 0x30000), (0xE0000, 0xF0000), (0x10FFF0, 0x110000))  # (first, end), in table order
+
     def __init__(self, replacements: dict[int, str]):
-        keys = np.fromiter(replacements.keys(), dtype=np.int32, count=len(replacements))
-        pieces = [[ord(c) for c in value] for value in replacements.values()]
-        lengths = np.array([len(p) for p in pieces], dtype=np.int32)
-        self._table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(keys, np.arange(len(keys), dtype=np.int32)), default_value=-1)
-        self._starts = tf.constant(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32))
-        self._lengths = tf.constant(lengths)
-        self._values = tf.constant(np.array([c for p in pieces for c in p], dtype=np.int32).reshape(-1))
+        self._starts, size = [], 0
+        for lo, hi in self.RANGES:
+            self._starts.append(size)
+            size += hi - lo
+        self._elsewhere = size  # the slot of code points outside RANGES: a placeholder -1, put back later
+        rows = np.zeros([size + 1, self.WIDTH], dtype=np.int32)
+        lengths = np.ones([size + 1], dtype=np.int32)
+        for (lo, hi), start in zip(self.RANGES, self._starts):
+            rows[start : start + hi - lo, 0] = np.arange(lo, hi)  # identity
+        rows[size, 0] = -1
+        for cp, value in replacements.items():
+            if len(value) > self.WIDTH:
+                raise ValueError(f"CharMapper: U+{cp:04X} -> {value!r} is longer than {self.WIDTH} characters")
+            slot = next((start + cp - lo for (lo, hi), start in zip(self.RANGES, self._starts) if lo <= cp < hi), None)
+            if slot is None:
+                raise ValueError(f"CharMapper: U+{cp:04X} lies outside the code point ranges it covers")
+            rows[slot] = 0
+            rows[slot, : len(value)] = [ord(c) for c in value]
+            lengths[slot] = len(value)
+        self._rows = tf.constant(rows.reshape(-1))  # [slots * WIDTH]
+        self._lengths = tf.constant(lengths)  # [slots]
+
+    def _slots(self, codepoints: tf.Tensor) -> tf.Tensor:
+        slots = tf.fill(tf.shape(codepoints), self._elsewhere)
+        for (lo, hi), start in zip(self.RANGES, self._starts):
+            slots = tf.where((codepoints >= lo) & (codepoints < hi), codepoints - lo + start, slots)
+        return slots
 
     def map_codepoints(self, codepoints: tf.RaggedTensor, keep: tf.Tensor | None = None) -> tf.RaggedTensor:
         """[N, (chars)] int32 code points -> [N, (chars')]; `keep` (bool per flat code point) exempts some."""
         flat = codepoints.flat_values  # [M]
-        index = self._table.lookup(flat)  # [M], -1 = unchanged
-        changed = index >= 0
+        slots = self._slots(flat)
         if keep is not None:
-            changed = changed & ~keep
-        safe_index = tf.maximum(index, 0)
-        # Output characters of code point m: values[starts[i] : starts[i] + lengths[i]] for a changed one,
-        # itself (appended after the table's values) for an unchanged one.
-        num_table_values = tf.size(self._values)
-        starts = tf.where(changed, tf.gather(self._starts, safe_index), num_table_values + tf.range(tf.size(flat)))
-        lengths = tf.where(changed, tf.gather(self._lengths, safe_index), 1)
-        positions = tf.ragged.range(starts, starts + lengths).flat_values  # [M']
-        values = tf.gather(tf.concat([self._values, flat], axis=0), positions)  # [M']
+            slots = tf.where(keep, self._elsewhere, slots)  # kept as they are, like code points elsewhere
+        lengths = tf.gather(self._lengths, slots)  # [M] output characters per input character
+        first = slots * self.WIDTH
+        values = tf.gather(self._rows, tf.ragged.range(first, first + lengths).flat_values)  # [M']
+        # Put back the code points that only got a placeholder (each has exactly one output character).
+        placeholders = tf.where(tf.equal(values, -1))  # [P, 1]
+        values = tf.tensor_scatter_nd_update(values, placeholders, tf.boolean_mask(flat, tf.equal(slots, self._elsewhere)))
         ends = tf.concat([[0], tf.cumsum(lengths)], axis=0)
         row_splits = tf.gather(ends, codepoints.row_splits)  # per text: where its characters start and end
         return tf.RaggedTensor.from_row_splits(values, tf.cast(row_splits, codepoints.row_splits.dtype))
@@ -193,23 +214,25 @@ class SentencePieceGraphTokenizer(GraphTokenizer):
 def _inside_special_tokens(codepoints: tf.RaggedTensor) -> tf.Tensor:
     """bool per flat code point: part of a special token written in the text ("[MASK]").
 
-    Compares shifted copies of the flat code points with each token (no regex op: tf-text's regex_split stops
-    at NUL characters). Two special tokens cannot overlap, as each has a single '['.
+    Only the positions of '[' are compared with the tokens (no regex op: tf-text's regex_split stops at NUL
+    characters). Two special tokens cannot overlap, as each has a single '['.
     """
     flat = codepoints.flat_values  # [M]
-    rows = codepoints.value_rowids()  # [M], the text of each code point
-    size = tf.size(flat)
-    covered = tf.zeros([size], tf.bool)
+    splits = tf.cast(codepoints.row_splits, tf.int64)
+    last = tf.size(flat, out_type=tf.int64) - 1
+    candidates = tf.where(tf.equal(flat, ord("[")))[:, 0]  # [K] positions that may start a special token
+    text_end = tf.gather(splits, tf.searchsorted(splits, candidates, side="right"))  # [K] end of each one's text
+    covered = []
     for token in SPECIAL_TOKENS:
         length = len(token)
-        padded = tf.concat([flat, tf.fill([length], -1)], axis=0)
-        padded_rows = tf.concat([rows, tf.fill([length], tf.constant(-1, rows.dtype))], axis=0)
-        starts = tf.equal(padded_rows[length - 1 : length - 1 + size], rows)  # the token fits inside the text
-        for offset, char in enumerate(token):
-            starts &= tf.equal(padded[offset : offset + size], ord(char))
-        for offset in range(length):  # mark the `length` code points from each start
-            covered |= tf.concat([tf.zeros([offset], tf.bool), starts[: size - offset]], axis=0)
-    return covered
+        match = candidates + length <= text_end  # the token fits inside the text
+        for offset, char in enumerate(token[1:], start=1):
+            match &= tf.equal(tf.gather(flat, tf.minimum(candidates + offset, last)), ord(char))
+        starts = tf.boolean_mask(candidates, match)  # [S]
+        covered.append(tf.reshape(starts[:, tf.newaxis] + tf.range(length, dtype=tf.int64), [-1]))
+    covered = tf.concat(covered, axis=0)
+    marks = tf.scatter_nd(covered[:, tf.newaxis], tf.ones_like(covered, dtype=tf.int32), tf.shape(flat, tf.int64))
+    return marks > 0
 
 
 def make_graph_tokenizer(tokenizer: Tokenizer, dtype: tf.DType = tf.int32) -> GraphTokenizer:

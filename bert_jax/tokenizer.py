@@ -142,6 +142,18 @@ class _CharTable(dict):
 _CHAR_TABLES = {True: _CharTable(True), False: _CharTable(False)}
 
 
+class _LowerTable(dict):
+    """code point -> its per-character lower case, filled on first use (for str.translate)."""
+
+    def __missing__(self, cp: int) -> str:
+        value = chr(cp).lower()
+        self[cp] = value
+        return value
+
+
+_LOWER_TABLE = _LowerTable()
+
+
 @functools.lru_cache(maxsize=4)
 def changed_chars(lower_case: bool) -> dict[int, str]:
     """Every code point that `normalize_char` does not map to itself (for the in-graph tokenizer)."""
@@ -477,9 +489,16 @@ class SentencePieceTokenizer(Tokenizer):
     def is_continuation(self, token: str) -> bool:
         return not token.startswith(WORD_START_MARK) and token not in SPECIAL_TOKENS
 
-    def _prepare(self, text: str) -> tuple[str, list[int]]:
-        """Text given to the model, and for each of its characters the index of the character of `text` it
-        comes from (lower-casing can lengthen a character: 'İ' -> 'i̇')."""
+    def _prepare(self, text: str) -> str:
+        """The text given to the model: lower-cased per character outside the special tokens if lower_case."""
+        if not self.lower_case:
+            return text
+        return "".join(text[start:end] if special else text[start:end].translate(_LOWER_TABLE)
+                       for start, end, special in _split_special_tokens(text))
+
+    def _prepare_with_origins(self, text: str) -> tuple[str, list[int]]:
+        """`_prepare(text)`, and for each of its characters the index of the character of `text` it comes from
+        (lower-casing can lengthen a character: 'İ' -> 'i̇')."""
         if not self.lower_case:
             return text, list(range(len(text)))
         chars, origins = [], []
@@ -495,12 +514,12 @@ class SentencePieceTokenizer(Tokenizer):
         return self.convert_ids_to_tokens(self.token_ids(text))
 
     def token_ids(self, text: str) -> list[int]:
-        return self.processor.EncodeAsIds(self._prepare(text)[0])
+        return self.processor.EncodeAsIds(self._prepare(text))
 
     def tokenize_with_offsets(self, text: str) -> tuple[list[str], list[tuple[int, int]]]:
         """Pieces and their character spans in `text`; the space a '▁' stands for is not part of the span (a lone
         '▁' piece gets an empty span)."""
-        prepared, origins = self._prepare(text)
+        prepared, origins = self._prepare_with_origins(text)
         encoded = self.processor.encode(prepared, out_type="proto")
         # The model reports UTF-8 byte offsets into `prepared`: turn them into character indices.
         char_at_byte = []

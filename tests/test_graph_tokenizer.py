@@ -77,7 +77,7 @@ def test_same_ids_as_python_on_real_text_eagerly(wordpiece, real_texts):
 
 def test_same_ids_inside_tf_data_map(wordpiece, real_texts):
     tokenizer, graph = wordpiece
-    texts = real_texts[::3]
+    texts = real_texts[::5]
     batched = tf.data.Dataset.from_tensor_slices(texts).batch(100).map(graph.tokenize, num_parallel_calls=2)
     got = [row for batch in batched for row in batch.to_list()]
     _assert_same(tokenizer, texts, got)
@@ -97,14 +97,15 @@ def test_same_ids_on_edge_cases(wordpiece):
 
 
 def test_same_ids_for_every_character(wordpiece):
-    """Uncased (where the most happens to a character): every assigned code point and every 97th other one,
-    inside a word and alone. Cased: all below U+3400 (alphabets, punctuation, symbols) and every 7th above."""
+    """Every assigned code point below U+3400 (alphabets, punctuation, symbols) and above it every 3rd (uncased,
+    where the most happens to a character) or 7th (cased) one, plus every 97th unassigned or private-use one;
+    inside a word and alone."""
     tokenizer, graph = wordpiece
-    sample = 1 if tokenizer.lower_case else 7
+    sample = 3 if tokenizer.lower_case else 7
     chars = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF
              and (unicodedata.category(chr(cp)) not in ("Cn", "Co") or cp % 97 == 0)
              and (cp < 0x3400 or cp % sample == 0)]
-    assert len(chars) > (140_000 if tokenizer.lower_case else 30_000)
+    assert len(chars) > (50_000 if tokenizer.lower_case else 30_000)
     texts = [f"a{c}b {c}" for c in chars]
     _assert_same(tokenizer, texts, _graph_ids(graph, texts, batch_size=20_000))
 
@@ -168,10 +169,10 @@ def spm_model(tmp_path_factory) -> str:
 def test_sentencepiece_same_ids_as_python(spm_model, real_texts, lower_case):
     tokenizer = SentencePieceTokenizer(spm_model, lower_case=lower_case)
     graph = make_graph_tokenizer(tokenizer)
-    texts = real_texts[:1500] + EDGE_CASES + ["A Charming [MASK] İs GOOD [mask] [PAD]"]
+    texts = real_texts[:1000] + EDGE_CASES + ["A Charming [MASK] İs GOOD [mask] [PAD]"]
     _assert_same(tokenizer, texts, _graph_ids(graph, texts))
-    dataset = tf.data.Dataset.from_tensor_slices(texts).batch(64).map(graph.tokenize)
-    _assert_same(tokenizer, texts, [row for batch in dataset for row in batch.to_list()])
+    dataset = tf.data.Dataset.from_tensor_slices(texts[::4]).batch(64).map(graph.tokenize)
+    _assert_same(tokenizer, texts[::4], [row for batch in dataset for row in batch.to_list()])
     ids = graph.tokenize(tf.constant(texts[:50]))
     expected = [[tokenizer.is_continuation(t) for t in tokenizer.convert_ids_to_tokens(row)] for row in ids.to_list()]
     assert graph.is_continuation(ids).to_list() == expected
