@@ -154,6 +154,11 @@ class _LowerTable(dict):
 _LOWER_TABLE = _LowerTable()
 
 
+def lower_per_character(text: str) -> str:
+    """Lower-case each character on its own (no final-sigma rule), the casing rule of both tokenizers."""
+    return text.translate(_LOWER_TABLE)
+
+
 @functools.lru_cache(maxsize=4)
 def changed_chars(lower_case: bool) -> dict[int, str]:
     """Every code point that `normalize_char` does not map to itself (for the in-graph tokenizer)."""
@@ -493,7 +498,7 @@ class SentencePieceTokenizer(Tokenizer):
         """The text given to the model: lower-cased per character outside the special tokens if lower_case."""
         if not self.lower_case:
             return text
-        return "".join(text[start:end] if special else text[start:end].translate(_LOWER_TABLE)
+        return "".join(text[start:end] if special else lower_per_character(text[start:end])
                        for start, end, special in _split_special_tokens(text))
 
     def _prepare_with_origins(self, text: str) -> tuple[str, list[int]]:

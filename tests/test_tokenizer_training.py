@@ -166,6 +166,13 @@ def test_cased_unused_tokens_and_errors(tmp_path):
     assert tokenizer.tokenize("Paris") == ["Paris"]
     sp = train_tokenizer(texts * 5, str(tmp_path / "sp"), "sentencepiece", vocab_size=40, num_unused=2)
     assert sp.inv_vocab[:7] == list(SPECIAL_TOKENS) + ["[unused0]", "[unused1]"]
+    bpe = train_tokenizer(texts * 5, str(tmp_path / "bpe"), "sentencepiece", vocab_size=60, sentencepiece_model="bpe")
+    assert bpe.inv_vocab[:5] == list(SPECIAL_TOKENS)
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((tmp_path / "bpe" / "spm.model").read_bytes())
+    assert proto.trainer_spec.model_type == proto.trainer_spec.BPE
     (tmp_path / "empty.txt").write_text("\n  \n", encoding="utf-8")
     for kind in ("wordpiece", "sentencepiece"):
         with pytest.raises(ValueError, match="no training text"):

@@ -20,6 +20,8 @@ flags.DEFINE_enum("type", "wordpiece", ["wordpiece", "sentencepiece"], "Kind of 
 flags.DEFINE_integer("vocab-size", 8000, "Vocabulary size, special tokens included.", lower_bound=8)
 flags.DEFINE_boolean("cased", False, "Keep case (and accents); by default text is lower-cased.")
 flags.DEFINE_integer("num-unused", 0, "[unusedN] placeholder tokens after the special tokens.", lower_bound=0)
+flags.DEFINE_enum("sentencepiece-model", "unigram", ["unigram", "bpe"],
+                  "SentencePiece model type (bpe trains several times faster).")
 flags.mark_flags_as_required(["input", "output"])
 
 FLAGS = flags.FLAGS
@@ -35,7 +37,8 @@ def main(argv):
     start = time.time()
     try:
         tokenizer = train_tokenizer(inputs, FLAGS.output, FLAGS.type, FLAGS["vocab-size"].value,
-                                    lower_case=not FLAGS.cased, num_unused=FLAGS["num-unused"].value)
+                                    lower_case=not FLAGS.cased, num_unused=FLAGS["num-unused"].value,
+                                    sentencepiece_model=FLAGS["sentencepiece-model"].value)
     except (FileNotFoundError, ValueError) as e:
         print(f"train-tokenizer: error: {e}", file=sys.stderr)
         return 1
