@@ -29,6 +29,7 @@ import tensorflow_text as tf_text
 
 from bert_jax.tokenizer import (
     CONTINUATION_PREFIX,
+    NORMALIZED_PLANES,
     SPECIAL_TOKENS,
     SentencePieceTokenizer,
     Tokenizer,
@@ -49,13 +50,13 @@ class CharMapper:
     """Replaces code points by strings of up to 3 characters, in-graph, from a fixed table {code point: string}.
 
     Code points outside the table stay as they are. A dense table holds the output of every code point in the
-    ranges that can change (planes 0-2, plane 14, the sentinels U+10FFF0..U+10FFFF; asserted), identity included,
+    ranges that can change (planes 0-3, plane 14, the sentinels U+10FFF0..U+10FFFF; asserted), identity included,
     as fixed-width rows: per character one gather finds its output length, and one gather over the ragged range of
     its row collects the output. Code points elsewhere (unassigned / private-use planes) are put back afterwards.
     """
 
     WIDTH = 3
-    RANGES = ((0, 0x30000), (0xE0000, 0xF0000), (0x10FFF0, 0x110000))  # (first, end), in table order
+    RANGES = (*NORMALIZED_PLANES, (0x10FFF0, 0x110000))  # (first, end) in table order; then the sentinels
 
     def __init__(self, replacements: dict[int, str]):
         self._starts, size = [], 0
@@ -97,7 +98,8 @@ class CharMapper:
         values = tf.gather(self._rows, tf.ragged.range(first, first + lengths).flat_values)  # [M']
         # Put back the code points that only got a placeholder (each has exactly one output character).
         placeholders = tf.where(tf.equal(values, -1))  # [P, 1]
-        values = tf.tensor_scatter_nd_update(values, placeholders, tf.boolean_mask(flat, tf.equal(slots, self._elsewhere)))
+        elsewhere = tf.boolean_mask(flat, tf.equal(slots, self._elsewhere))  # [P], in the same order
+        values = tf.tensor_scatter_nd_update(values, placeholders, elsewhere)
         ends = tf.concat([[0], tf.cumsum(lengths)], axis=0)
         row_splits = tf.gather(ends, codepoints.row_splits)  # per text: where its characters start and end
         return tf.RaggedTensor.from_row_splits(values, tf.cast(row_splits, codepoints.row_splits.dtype))
@@ -123,7 +125,7 @@ class GraphTokenizer:
         strings = tf.convert_to_tensor(strings, dtype=tf.string)
         if strings.shape.rank == 0:
             return self._tokenize_batch(strings[tf.newaxis])[0]
-        if strings.shape.rank != 1:
+        if strings.shape.rank not in (1, None):
             raise ValueError(f"GraphTokenizer.tokenize expects a scalar or a vector of strings, got {strings.shape}")
         return self._tokenize_batch(strings)
 
@@ -161,7 +163,7 @@ class WordPieceGraphTokenizer(GraphTokenizer):
 
     @staticmethod
     def _special_word(token: str, lower_case: bool) -> str:
-        """The word a special token written in the text becomes after normalisation, e.g. '\\U0010fff0mask\\U0010fff1'."""
+        """The word a special token in the text becomes after normalisation: '\\U0010fff0mask\\U0010fff1'."""
         name = "".join(normalize_char(c, lower_case) for c in token[1:-1])
         return _OPEN_SPECIAL + name + _CLOSE_SPECIAL
 

@@ -159,13 +159,17 @@ def lower_per_character(text: str) -> str:
     return text.translate(_LOWER_TABLE)
 
 
+# The code point ranges in which normalize_char can change a character: planes 0-3 and plane 14. Planes 4-13 are
+# unassigned and planes 15-16 private use (Unicode 14/15): every character there stays as it is.
+NORMALIZED_PLANES = ((0, 0x40000), (0xE0000, 0xF0000))
+
+
 @functools.lru_cache(maxsize=4)
 def changed_chars(lower_case: bool) -> dict[int, str]:
     """Every code point that `normalize_char` does not map to itself (for the in-graph tokenizer)."""
     changed = {}
     category = unicodedata.category
-    for cp in itertools.chain(range(0x40000), range(0xE0000, 0xF0000)):
-        # Planes 4-13 are unassigned and planes 15-16 private use (Unicode 14/15): both stay as they are.
+    for cp in itertools.chain(range(*NORMALIZED_PLANES[0]), range(*NORMALIZED_PLANES[1])):
         char = chr(cp)
         if category(char) in ("Cn", "Co", "Cs") and not is_cjk(char):
             continue  # identity, most of the code space: skip the slower checks
@@ -179,7 +183,7 @@ def changed_chars(lower_case: bool) -> dict[int, str]:
 def lowered_chars() -> dict[int, str]:
     """Every code point that per-character lower-casing changes (SentencePiece lower_case, in-graph)."""
     changed = {}
-    for cp in itertools.chain(range(0x40000), range(0xE0000, 0xF0000)):  # the rest has no case
+    for cp in itertools.chain(range(*NORMALIZED_PLANES[0]), range(*NORMALIZED_PLANES[1])):  # the rest has no case
         lowered = chr(cp).lower()
         if lowered != chr(cp):
             changed[cp] = lowered
@@ -310,7 +314,7 @@ def infer_lower_case(tokens: Sequence[str]) -> bool:
     """Google's convention: vocabularies are uncased unless clearly cased.
 
     Cased means: at least 1% of the ordinary tokens (not [bracketed] specials) contain an upper-case letter.
-    bert-base-uncased has none, bert-base-cased about 30%.
+    bert-base-uncased has none; a cased vocabulary has thousands (names, sentence-initial words).
     """
     ordinary = [t for t in tokens if not (t.startswith("[") and t.endswith("]"))]
     upper = sum(1 for t in ordinary if t != t.lower())
@@ -322,7 +326,8 @@ class WordPieceTokenizer(Tokenizer):
 
     kind = "wordpiece"
 
-    def __init__(self, vocab_file: str, lower_case: bool = True, max_input_chars_per_word: int = MAX_INPUT_CHARS_PER_WORD):
+    def __init__(self, vocab_file: str, lower_case: bool = True,
+                 max_input_chars_per_word: int = MAX_INPUT_CHARS_PER_WORD):
         self.source_file = str(vocab_file)
         self.inv_vocab = read_vocab_file(self.source_file)
         # On a duplicated token the last line wins, as in the original and in Hugging Face.

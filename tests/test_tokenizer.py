@@ -113,7 +113,8 @@ def test_ids_match_hugging_face_on_real_text(real_texts, uncased, hf_uncased):
     expected = hf_uncased(real_texts, add_special_tokens=False)["input_ids"]
     got = [uncased.token_ids(text) for text in real_texts]
     mismatches = sum(a != b for a, b in zip(expected, got))
-    assert mismatches == 0, f"{mismatches} texts differ, e.g. {_first_difference(real_texts, expected, got, hf_uncased)}"
+    example = _first_difference(real_texts, expected, got, hf_uncased)
+    assert mismatches == 0, f"{mismatches} texts differ, e.g. {example}"
     assert sum(map(len, got)) > 500_000  # a real amount of text was compared
 
 
@@ -174,6 +175,13 @@ def test_single_characters_match_hugging_face(lower_case, uncased, cased, hf_unc
     bad = [(hex(ord(c)), hf.convert_ids_to_tokens(ids)) for c, t, ids in zip(chars, texts, expected)
            if ours.token_ids(t) != ids]
     assert not bad, f"{len(bad)} characters differ, e.g. {bad[:5]}"
+
+
+def test_characters_outside_the_normalized_planes_are_left_alone():
+    # changed_chars() (the in-graph table) only looks at planes 0-3 and 14; everything else must be inert.
+    outside = [cp for cp in range(0x40000, 0x110000, 7) if not tok_lib.NORMALIZED_PLANES[1][0] <= cp < 0xF0000]
+    assert {unicodedata.category(chr(cp)) for cp in outside} <= {"Cn", "Co"}
+    assert all(tok_lib.normalize_char(chr(cp), lower) == chr(cp) for cp in outside[::50] for lower in (True, False))
 
 
 def test_documented_difference_private_use_characters(uncased, hf_uncased):
@@ -324,7 +332,8 @@ def test_load_and_save_tokenizer(tmp_path):
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()
     (hf_dir / "vocab.txt").write_bytes(VOCAB.read_bytes())
-    (hf_dir / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False, "tokenizer_class": "BertTokenizer"}))
+    hf_config = {"do_lower_case": False, "tokenizer_class": "BertTokenizer"}
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps(hf_config))
     assert load_tokenizer(str(hf_dir)).lower_case is False
     (hf_dir / "tokenizer_config.json").write_text('{"type": "bpe"}')
     with pytest.raises(ValueError, match="tokenizer_config.json"):
@@ -378,7 +387,8 @@ def test_sentencepiece_lower_case_and_offsets(spm_model):
     for token, (start, end) in zip(tokens, spans):
         original = text[start:end]
         if token != "[UNK]":
-            assert token.replace("▁", "") == (original if token in SPECIAL_TOKENS else original.lower()), (token, original)
+            expected = original if token in SPECIAL_TOKENS else original.lower()
+            assert token.replace("▁", "") == expected, (token, original)
     assert [text[s:e] for t, (s, e) in zip(tokens, spans) if t == "[MASK]"] == ["[MASK]"]
 
 

@@ -106,7 +106,8 @@ def test_train_wordpiece_on_wikipedia(tmp_path, held_out):
     tokenizer = train_tokenizer([str(WIKI / "wiki_00")], str(tmp_path / "wp"), "wordpiece", vocab_size=3000)
     assert isinstance(tokenizer, WordPieceTokenizer) and tokenizer.lower_case is True
     assert tokenizer.inv_vocab[:5] == list(SPECIAL_TOKENS)
-    assert (tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id) == (0, 1, 2, 3, 4)
+    special_ids = (tokenizer.pad_id, tokenizer.unk_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id)
+    assert special_ids == (0, 1, 2, 3, 4)
     assert tokenizer.vocab_size == 3000 and len(set(tokenizer.inv_vocab)) == 3000
     assert all(t == t.lower() for t in tokenizer.inv_vocab[5:])  # lower-cased training text
     assert _unk_rate(tokenizer, held_out) < 0.005
