@@ -1,7 +1,7 @@
 """Tokenization throughput: bert_jax's in-graph tokenizer (tf.data) and Python tokenizer against Hugging Face's
 Rust `tokenizers` (BertTokenizerFast batch encode) on the same Wikipedia text, in the same run:
 
-    python benchmarks/tokenization.py                  # first 4 MB of ../shared/data/wikipedia, uncased BERT vocab
+    python benchmarks/tokenization.py                  # first 2 MB of ../shared/data/wikipedia, uncased BERT vocab
     python benchmarks/tokenization.py --mb 8 --batch-size 2048 --cased
 
 Every engine tokenizes the same paragraphs (one per line, no [CLS]/[SEP]) and must produce the same ids (checked).
@@ -59,7 +59,7 @@ def median_time(run, repeats: int, warmup: int = 1):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mb", type=float, default=4.0, help="megabytes of Wikipedia text")
+    parser.add_argument("--mb", type=float, default=2.0, help="megabytes of Wikipedia text")
     parser.add_argument("--batch-size", type=int, default=1024, help="texts per batch (tf.data and HF)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cased", action="store_true", help="lower_case=False (default: uncased, as the vocab)")
