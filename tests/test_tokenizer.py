@@ -428,6 +428,8 @@ def test_tokenize_command(real_texts, hf_uncased, hf_cased):
     printed = result.stdout.decode().splitlines()
     assert printed == [" ".join(map(str, hf_uncased(line)["input_ids"])) for line in lines]
     assert printed[1] == "101 102"  # an empty line is [CLS] [SEP]
+    crlf = _run_cli("tokenize", "--vocab", str(VOCAB), stdin="one\rtwo\r\nthree")  # CR inside a line, CRLF, no EOL
+    assert crlf.stdout.decode().splitlines() == ["101 2028 2048 102", "101 2093 102"]
     cased_result = _run_cli("tokenize", "--vocab", str(VOCAB), "--cased", stdin="Hello World\n")
     assert cased_result.stdout.decode().split() == [str(i) for i in hf_cased("Hello World")["input_ids"]]
     helped = _run_cli("tokenize", "--help", stdin="")

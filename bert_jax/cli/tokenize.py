@@ -34,7 +34,9 @@ def main(argv):
     except (FileNotFoundError, ValueError) as e:
         print(f"tokenize: error: {e}", file=sys.stderr)
         return 1
-    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+    # Lines end at "\n" only (a trailing "\r" is dropped), so a stray carriage return inside a line cannot
+    # split it in two and shift the output against the input.
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline="\n")
     out = sys.stdout
     for line in stdin:
         ids = tokenizer.encode(line.rstrip("\r\n")).input_ids
