@@ -35,6 +35,7 @@ from absl import logging
 from bert_jax import optim, sharding, trainer
 from bert_jax.checkpoints import Checkpointer
 from bert_jax.model import SIZES, BertConfig, BertForPreTraining, dummy_inputs
+from bert_jax.pretrained import Pretrained
 from bert_jax.train_metrics import MetricsWriter, flops_per_sequence, peak_flops_per_device
 
 DATA_SOURCES = ("builtin", "files", "synthetic")
@@ -290,27 +291,36 @@ def prepare_text(config, workdir: str) -> tuple[Optional[Any], list[str], list[s
     elif config.train.init_checkpoint:
         tokenizer = load_tokenizer(config.train.init_checkpoint)
     else:  # builtin without a vocabulary: train one on the corpus (once; a resumed run reuses it)
-        tokenizer = builtin_vocab(train_files, os.path.join(workdir, "vocab"), data.builtin_vocab_size)
+        tokenizer = builtin_vocab(train_files, os.path.join(workdir, "vocab"), data.builtin_vocab_size, data.lower_case)
     return tokenizer, train_files, eval_files
 
 
 def builtin_text(config, workdir: str) -> tuple[list[str], list[str]]:
-    """CPython's documentation as a corpus (bert_jax/builtin_corpus.py); one file is held out."""
+    """CPython's documentation as a corpus (bert_jax/builtin_corpus.py); one file is held out.
+
+    Process 0 writes it (once: a resumed run finds it complete); the others then read its manifest."""
     from bert_jax import builtin_corpus
 
-    files = builtin_corpus.write_corpus(os.path.join(workdir, "corpus"),
-                                        max_documents=config.data.builtin_max_documents or None, num_files=10)
+    def write():
+        return builtin_corpus.write_corpus(os.path.join(workdir, "corpus"),
+                                           max_documents=config.data.builtin_max_documents or None, num_files=10)
+
+    if jax.process_index() == 0:
+        files = write()
+    _sync("builtin corpus")
+    if jax.process_index() != 0:
+        files = write()
     return files[:-1], files[-1:]
 
 
-def builtin_vocab(files: Sequence[str], directory: str, vocab_size: int):
+def builtin_vocab(files: Sequence[str], directory: str, vocab_size: int, lower_case: bool = True):
     from bert_jax.tokenizer import load_tokenizer
 
     if not os.path.exists(os.path.join(directory, "vocab.txt")) and jax.process_index() == 0:
         from bert_jax.tokenizer_training import train_tokenizer
 
         _announce(f"training a {vocab_size}-piece WordPiece vocabulary on {len(files)} files")
-        train_tokenizer(list(files), directory, kind="wordpiece", vocab_size=vocab_size)
+        train_tokenizer(list(files), directory, kind="wordpiece", vocab_size=vocab_size, lower_case=lower_case)
     _sync("builtin vocabulary")
     return load_tokenizer(directory)
 
@@ -551,22 +561,29 @@ def host_params(params) -> Any:
     return multihost_utils.process_allgather(params, tiled=True)
 
 
-def export_model(directory: str, bert: BertConfig, params, tokenizer, step: int) -> None:
-    """Writes (or atomically replaces) a bert_jax model directory with the current weights."""
+def export_model(directory: str, bert: BertConfig, params, tokenizer, step: int) -> dict:
+    """Writes (or atomically replaces) a bert_jax model directory with the current weights; returns the
+    host copy of the parameters (canonical layout)."""
+    from bert_jax.model import is_scanned, unscan_params
     from bert_jax.pretrained import save_pretrained
 
     params = host_params(params)
+    if is_scanned(params):
+        params = unscan_params(params)
     staging = f"{directory}.tmp-{step}"
     if jax.process_index() == 0 and os.path.exists(staging):
         shutil.rmtree(staging)
     _sync("export staging")
+    # Every process calls save_pretrained: its Orbax save synchronises them (process 0 writes the arrays).
     save_pretrained(staging, bert, params, tokenizer, source={"format": "bert_jax", "pretrained_steps": step})
+    _sync("export written")
     if jax.process_index() == 0:
         if os.path.exists(directory):
             shutil.rmtree(directory)
         os.replace(staging, directory)
         _announce(f"exported the model at step {step} to {directory}")
     _sync("export done")
+    return params
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -616,8 +633,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             peak_flops_per_device=peak_flops_per_device(mesh.devices.flat[0], config.train.peak_flops_per_device),
             hooks=hooks, on_save=on_save)
         if int(state.step) == config.train.num_steps and tokenizer is not None:
-            export_model(model_dir, bert, state.params, tokenizer, int(state.step))
-            _show_fill_mask(config, writer, model_dir, int(state.step))
+            params = export_model(model_dir, bert, state.params, tokenizer, int(state.step))
+            _show_fill_mask(config, writer, Pretrained(bert.replace(scan_layers=False), params, tokenizer),
+                            model_dir, int(state.step))
     finally:
         checkpointer.close()
         writer.close()
@@ -685,13 +703,11 @@ def _initial_state(config, objective, tx, mesh, checkpointer):
     return state, shardings, None
 
 
-def _show_fill_mask(config, writer, model_dir: str, step: int) -> None:
+def _show_fill_mask(config, writer, pretrained, model_dir: str, step: int) -> None:
     if not config.fill_mask_examples or jax.process_index() != 0:
         return
     from bert_jax.inference import fill_mask
-    from bert_jax.pretrained import load_pretrained
 
-    pretrained = load_pretrained(model_dir)
     lines = [f"fill-mask with the model in {model_dir}:"]
     for text, predictions in zip(config.fill_mask_examples, fill_mask(pretrained, list(config.fill_mask_examples))):
         if predictions and isinstance(predictions[0], list):  # several [MASK]s: show the first

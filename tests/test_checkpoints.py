@@ -33,7 +33,8 @@ def tiny_config(**train):
     c.phases = (dict(fraction=1.0, seq_length=32, batch_size=8, max_predictions=5),)
     c.optimizer.learning_rate = 1e-3
     c.optimizer.warmup_steps = 4
-    c.train.update(dict(num_steps=20, log_every=1, eval_every=0, checkpoint_every=5, keep_every=0,
+    # The same run as tests/test_sharding.py (so one compilation serves both through the persistent cache).
+    c.train.update(dict(num_steps=20, micro_batches=2, log_every=1, eval_every=0, checkpoint_every=5, keep_every=0,
                         tensorboard=False))
     c.train.update(train)
     return c
