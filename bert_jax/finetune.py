@@ -1,0 +1,997 @@
+"""Fine-tuning BERT on a downstream task: `train_and_evaluate(config, workdir)` and `predict(...)`.
+
+    python -m bert_jax finetune --config configs/glue.py:sst2 --workdir DIR --config.init_checkpoint=MODEL_DIR \
+        --config.data.source=../shared/data/glue/SST-2
+    python -m bert_jax predict --checkpoint DIR/model --task sst2 --input test.tsv --output SST-2.tsv
+
+Every task of bert_jax.tasks (GLUE, SQuAD v1.1/v2.0, CoNLL-2003, SWAG, your own CSV/TSV/JSONL) runs through the
+same code; the task object says how to read, featurize, decode and score, and its `kind` picks the head and the
+loss. The training loop is the one pretraining uses (bert_jax/trainer.py): sharded state, Orbax checkpoints,
+SIGTERM, resume. The run, top to bottom (the banner sections below follow it):
+
+  1. the config is validated once, before anything is read or compiled (unknown keys, a missing
+     init_checkpoint, bad values: a ValueError naming the key);
+  2. the task and its data: each split read (local files in the original format, or TFDS), its read report
+     printed (rows skipped and why), featurized with the checkpoint's tokenizer;
+  3. the encoder from `init_checkpoint` (a bert_jax model directory, or a pretraining workdir's checkpoint): only
+     the 'bert' subtree is loaded, the head is new, the optimizer fresh; any size mismatch is a clear error;
+  4. the objective of the task's kind (the losses), and the shuffled training batches (a new permutation each epoch);
+  5. evaluation on dev after each epoch; the best weights by the task's metric are kept as a bert_jax model
+     directory `<workdir>/model` (with the fine-tuned head, so `predict` and `export-hf` read it);
+  6. at the end, that model's predictions for the dev and test splits in the task's own format
+     (`<workdir>/predictions`: GLUE submission TSVs, SQuAD predictions/n-best/null-odds JSON, CoNLL columns).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from bert_jax import optim, sharding, trainer
+from bert_jax.checkpoints import Checkpointer
+from bert_jax.heads import (BertForMultipleChoice, BertForQuestionAnswering, BertForSequenceClassification,
+                            BertForTokenClassification)
+from bert_jax.model import BertConfig, Dense
+from bert_jax.train_metrics import MetricsWriter, peak_flops_per_device
+
+# The model inputs of every kind; the rest of a task's features (example_index, char spans, ...) are for decoding.
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+TARGET_KEYS = {"classification": ("labels",), "regression": ("labels",), "tagging": ("labels",),
+               "multiple_choice": ("labels",), "span": ("start_positions", "end_positions")}
+# The manifest's task (bert_jax/convert.py HF_ARCHITECTURES), so that export-hf picks the right class.
+HF_TASK = {"classification": "sequence_classification", "regression": "regression",
+           "tagging": "token_classification", "span": "question_answering", "multiple_choice": "multiple_choice"}
+FINETUNE_FILE = "finetune.json"  # in a fine-tuned model directory: the task, its options and featurization
+TASK_OPTION_KEYS = {"classify": ("text_column", "text_pair_column", "label_column", "labels", "kind"),
+                    "swag": ("num_choices",)}
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Config: every key, its default (the BERT fine-tuning recipe), and validation
+# ----------------------------------------------------------------------------------------------------
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key a fine-tuning config has; configs/{glue,squad,ner,swag,classify}.py start from this."""
+    c = ml_collections.ConfigDict()
+    c.task = dict(
+        name="",  # sst2, cola, ..., squad_v1.1, squad_v2.0, conll2003, swag, classify (bert_jax.tasks.TASK_NAMES)
+        # classify only: the columns of your CSV/TSV/JSONL files, and the labels (() = inferred from train)
+        text_column="text",
+        text_pair_column="",  # '' = single texts
+        label_column="label",
+        labels=(),
+        kind="classification",  # classify: classification | regression
+        num_choices=4,  # swag only
+    )
+    # A bert_jax model directory (`python -m bert_jax convert`, or a pretraining run's <workdir>/model), or a
+    # pretraining workdir (its Orbax checkpoint: the latest, or init_checkpoint_step).
+    c.init_checkpoint = ""
+    c.init_checkpoint_step = -1
+    c.data = dict(
+        source="",  # a folder in the task's original layout, or 'tfds' / 'tfds:<name>', for every split below left ''
+        train="",  # a file, folder or 'tfds' for this split alone
+        dev="",  # MNLI: a folder/tfds gives matched and mismatched; files: 'dev_matched.tsv,dev_mismatched.tsv'
+        test="",  # '' = the source's test split(s) when it has them (predictions only)
+        tfds_data_dir="",
+        max_seq_length=128,
+        doc_stride=128,  # SQuAD windows
+        max_query_length=64,  # SQuAD
+        max_train_examples=0,  # 0 = all; else the first N (quick runs)
+        max_eval_examples=0,
+        strict=False,  # True: the first bad row is an error instead of being skipped and reported
+    )
+    c.model = dict(
+        hidden_dropout_rate=0.1,
+        attention_dropout_rate=0.1,
+        dtype="float32",  # compute dtype (bfloat16 on accelerators); parameters stay float32
+        attention_impl="auto",
+        scan_layers=False,
+        remat_policy="none",
+    )
+    c.optimizer = dict(
+        name="adamw",  # the original BERT AdamW (bert_jax/optim.py) | lamb
+        learning_rate=3e-5,  # the paper's grid: 5e-5, 3e-5, 2e-5
+        warmup_fraction=0.1,
+        weight_decay=0.01,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-6,
+        clip_norm=1.0,
+    )
+    c.train = dict(
+        batch_size=32,
+        num_epochs=3.0,
+        num_steps=0,  # 0: num_epochs over the training features
+        micro_batches=1,
+        seed=0,  # head initialisation, dropout, and the order of the training examples
+        log_every=50,
+        eval_every=0,  # steps; 0: after every epoch (and at the end)
+        eval_batch_size=64,
+        checkpoint_every=0,  # steps; 0: at every evaluation (every epoch)
+        keep_checkpoints=1,
+        async_checkpoints=True,
+        keep_best=True,  # <workdir>/model = the best weights by the task's metric (False: the last weights)
+        predict_test=True,  # write predictions for the test split(s) at the end
+        tensorboard=True,
+        peak_flops_per_device=0.0,
+    )
+    c.decode = dict(  # SQuAD answer decoding
+        n_best_size=20,
+        max_answer_length=30,
+        null_score_diff_threshold=0.0,  # v2.0: predict "" when null score - best span score exceeds this
+    )
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    return c
+
+
+def _key_paths(d: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_key_paths(v, path + "."))
+        else:
+            out[path] = v
+    return out
+
+
+def _get(config, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def _type_error(want, have) -> Optional[str]:
+    if isinstance(want, bool) or isinstance(have, bool):
+        return None if isinstance(want, bool) == isinstance(have, bool) else type(want).__name__
+    if isinstance(want, int) and not (isinstance(have, int) or (isinstance(have, float) and have.is_integer())):
+        return "int"
+    if isinstance(want, float) and not isinstance(have, (int, float)):
+        return "number"
+    if isinstance(want, str) and not isinstance(have, str):
+        return "string"
+    if isinstance(want, (tuple, list)) and not isinstance(have, (tuple, list)):
+        return "list"
+    return None
+
+
+def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks a config before anything is read or compiled; returns a complete, locked copy.
+
+    Keys missing from `config` take their defaults; an unknown key, a value of the wrong type or out of range,
+    a missing init_checkpoint or data path is a ValueError / FileNotFoundError naming the key.
+    """
+    from bert_jax.model import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES
+    from bert_jax.tasks import TASK_NAMES, get_task
+
+    defaults = _key_paths(default_config().to_dict())
+    given = _key_paths(config.to_dict())
+    for key, have in given.items():
+        if key not in defaults:
+            close = difflib.get_close_matches(key, defaults, n=1)
+            raise ValueError(f"config.{key}: unknown key" + (f"; did you mean config.{close[0]}?" if close else ""))
+        wrong = _type_error(defaults[key], have)
+        if wrong:
+            raise ValueError(f"config.{key}={have!r}: expected a {wrong}")
+        if isinstance(defaults[key], int) and not isinstance(defaults[key], bool):
+            given[key] = int(have)
+        if isinstance(defaults[key], float):
+            given[key] = float(have)
+        if isinstance(defaults[key], (tuple, list)):
+            given[key] = tuple(have)
+    merged = default_config()
+    merged.update_from_flattened_dict(given)
+
+    def bad(key, why):
+        raise ValueError(f"config.{key}={_get(merged, key)!r}: {why}")
+
+    # -- the task --
+    if not merged.task.name:
+        bad("task.name", f"name the task: one of {', '.join(TASK_NAMES)}")
+    try:
+        family = get_task(merged.task.name, **_task_options(merged)).name
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"config.task: {e}") from None
+    base = default_config().task
+    for key in ("text_column", "text_pair_column", "label_column", "labels", "kind", "num_choices"):
+        if merged.task[key] != base[key] and key not in TASK_OPTION_KEYS.get(family, ()):
+            bad(f"task.{key}", f"only the {' / '.join(t for t, keys in TASK_OPTION_KEYS.items() if key in keys)} "
+                               f"task takes this option, not {family!r}")
+    # -- the checkpoint --
+    if not merged.init_checkpoint:
+        raise ValueError("config.init_checkpoint: missing; give a bert_jax model directory (python -m bert_jax "
+                         "convert writes one from a Google or Hugging Face checkpoint) or a pretraining workdir")
+    if not os.path.isdir(merged.init_checkpoint):
+        raise FileNotFoundError(f"config.init_checkpoint={merged.init_checkpoint!r}: no such directory")
+    # -- the data --
+    d = merged.data
+    if not (d.train or d.source):
+        bad("data.train", "no training data: set config.data.source (a folder or 'tfds') or config.data.train")
+    for key in ("data.source", "data.train", "data.dev", "data.test"):
+        for path in _split_paths(_get(merged, key)):
+            if not _is_tfds(path) and not os.path.exists(path):
+                raise FileNotFoundError(f"config.{key}={_get(merged, key)!r}: no such file or folder: {path}")
+    if d.max_seq_length < 4:
+        bad("data.max_seq_length", "must be at least 4")
+    if d.doc_stride < 1:
+        bad("data.doc_stride", "must be positive")
+    if d.max_query_length < 1:
+        bad("data.max_query_length", "must be positive")
+    for key in ("data.max_train_examples", "data.max_eval_examples"):
+        if _get(merged, key) < 0:
+            bad(key, "must be >= 0 (0: all)")
+    # -- model and optimizer --
+    if merged.model.dtype not in DTYPES:
+        bad("model.dtype", f"must be one of {tuple(DTYPES)}")
+    if merged.model.attention_impl not in ATTENTION_IMPLS:
+        bad("model.attention_impl", f"must be one of {ATTENTION_IMPLS}")
+    if merged.model.remat_policy not in REMAT_POLICIES:
+        bad("model.remat_policy", f"must be one of {REMAT_POLICIES}")
+    for key in ("model.hidden_dropout_rate", "model.attention_dropout_rate"):
+        if not 0.0 <= _get(merged, key) < 1.0:
+            bad(key, "must be in [0, 1)")
+    if merged.optimizer.name not in optim.OPTIMIZERS:
+        bad("optimizer.name", f"must be one of {optim.OPTIMIZERS}")
+    if merged.optimizer.learning_rate <= 0:
+        bad("optimizer.learning_rate", "must be positive")
+    if not 0.0 <= merged.optimizer.warmup_fraction < 1.0:
+        bad("optimizer.warmup_fraction", "must be in [0, 1)")
+    # -- training --
+    t = merged.train
+    for key in ("train.batch_size", "train.micro_batches", "train.log_every", "train.eval_batch_size",
+                "train.keep_checkpoints"):
+        if _get(merged, key) < 1:
+            bad(key, "must be at least 1")
+    for key in ("train.num_steps", "train.eval_every", "train.checkpoint_every"):
+        if _get(merged, key) < 0:
+            bad(key, "must be >= 0")
+    if t.num_steps == 0 and t.num_epochs <= 0:
+        bad("train.num_epochs", "must be positive (or set train.num_steps)")
+    if t.batch_size % t.micro_batches:
+        bad("train.batch_size", f"must divide into train.micro_batches={t.micro_batches}")
+    if merged.decode.n_best_size < 1:
+        bad("decode.n_best_size", "must be at least 1")
+    if merged.decode.max_answer_length < 1:
+        bad("decode.max_answer_length", "must be at least 1")
+    for key, axis_size in merged.mesh.items():
+        if axis_size == 0 or axis_size < -1:
+            bad(f"mesh.{key}", "must be a positive size or -1")
+    merged.lock()
+    return merged
+
+
+def check_against_mesh(config, mesh) -> None:
+    """Batches must split evenly over the data-parallel devices (and training batches over micro-batches)."""
+    dp = sharding.data_parallel_size(mesh)
+    t = config.train
+    if (t.batch_size // t.micro_batches) % dp:
+        raise ValueError(f"config.train.batch_size={t.batch_size}: each of the {t.micro_batches} micro-batches must "
+                         f"divide over the {dp} data-parallel devices (mesh data x fsdp)")
+    if t.eval_batch_size % dp:
+        raise ValueError(f"config.train.eval_batch_size={t.eval_batch_size}: must divide over the {dp} "
+                         "data-parallel devices")
+
+
+def _task_options(config) -> dict:
+    """The get_task options this config's task takes (classify's columns and labels, swag's choices)."""
+    t = config.task
+    name = t.name.lower()
+    if name == "classify":
+        return dict(text_column=t.text_column, text_pair_column=t.text_pair_column or None,
+                    label_column=t.label_column or None, labels=list(t.labels) or None, kind=t.kind)
+    if name == "swag":
+        return dict(num_choices=t.num_choices)
+    return {}
+
+
+def _split_paths(value: str) -> list:
+    return [p.strip() for p in value.split(",") if p.strip()] if value else []
+
+
+def _is_tfds(source: str) -> bool:
+    return source == "tfds" or source.startswith("tfds:")
+
+
+def _announce(message: str) -> None:
+    logging.info(message)
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. The task and its data
+# ----------------------------------------------------------------------------------------------------
+
+
+class Split:
+    """One split's examples and features (what the model reads, plus what decoding needs)."""
+
+    def __init__(self, name: str, examples: list, features: dict):
+        self.name, self.examples, self.features = name, examples, features
+
+    @property
+    def labeled(self) -> bool:
+        return "labels" in self.features or "start_positions" in self.features and any(
+            getattr(e, "answers", ()) or getattr(e, "is_impossible", False) for e in self.examples)
+
+    def __len__(self):
+        return len(self.features["input_ids"])
+
+
+def read_split(task, split: str, source: str, *, strict: bool, tfds_data_dir: str = "", limit: int = 0):
+    """The examples of one split, with the reader's report printed (every skipped row, never a silent loss)."""
+    examples, report = task.read(split, source, strict=strict, tfds_data_dir=tfds_data_dir or None)
+    _announce(f"[{split}] {report.summary()}")
+    if limit and len(examples) > limit:
+        _announce(f"[{split}] using the first {limit} of {len(examples)} examples (config.data.max_*_examples)")
+        examples = examples[:limit]
+    if not examples:
+        raise ValueError(f"{report.source}: no usable {split} examples")
+    return examples
+
+
+def featurize(task, examples, tokenizer, data) -> dict:
+    """The task's features with the config's (or a model directory's) featurization options."""
+    if task.kind == "span":
+        return task.featurize(examples, tokenizer, max_seq_length=data["max_seq_length"],
+                              doc_stride=data["doc_stride"], max_query_length=data["max_query_length"])
+    return task.featurize(examples, tokenizer, max_seq_length=data["max_seq_length"])
+
+
+def decode(task, outputs, split: Split, decode_options: Mapping):
+    if task.kind == "span":
+        return task.decode(outputs, split.features, split.examples, **dict(decode_options))
+    return task.decode(outputs, split.features, split.examples)
+
+
+def _sources(config, key: str, splits: Sequence[str]) -> list:
+    """(split name, source) pairs for config.data.<key>, falling back to config.data.source.
+
+    A folder or tfds serves every split; comma-separated files are taken in the order of `splits` (MNLI's matched
+    and mismatched dev sets)."""
+    paths = _split_paths(config.data[key])
+    if not paths:
+        return [(s, config.data.source) for s in splits] if config.data.source else []
+    if len(paths) == 1:
+        if _is_tfds(paths[0]) or os.path.isdir(paths[0]):
+            return [(s, paths[0]) for s in splits]
+        return [(splits[0], paths[0])]
+    if len(paths) > len(splits):
+        raise ValueError(f"config.data.{key}: {len(paths)} files for the {len(splits)} splits {list(splits)}")
+    return list(zip(splits, paths))
+
+
+def load_data(config, task, tokenizer) -> tuple[Any, Split, list, list]:
+    """(task with its labels settled, train split, dev splits, test splits), featurized."""
+    d = config.data
+    options = dict(strict=d.strict, tfds_data_dir=d.tfds_data_dir)
+    (_, train_source), = _sources(config, "train", ["train"])
+    train_examples = read_split(task, "train", train_source, limit=d.max_train_examples, **options)
+    if hasattr(task, "with_labels_from") and not task.labels:
+        task = task.with_labels_from(train_examples)
+        _announce(f"labels inferred from the training examples: {list(task.labels)}")
+    train = Split("train", train_examples, featurize(task, train_examples, tokenizer, d))
+    if not all(k in train.features for k in TARGET_KEYS[task.kind]):
+        raise ValueError(f"{train_source}: the training examples have no labels")
+    dev = [Split(s, ex, featurize(task, ex, tokenizer, d))
+           for s, src in _sources(config, "dev", task.eval_splits)
+           for ex in [read_split(task, s, src, limit=d.max_eval_examples, **options)]]
+    test = []
+    if config.train.predict_test:
+        explicit = bool(d.test)
+        for s, src in _sources(config, "test", task.test_splits):
+            try:
+                examples = read_split(task, s, src, **options)
+            except FileNotFoundError as e:
+                if explicit:
+                    raise
+                _announce(f"[{s}] no test predictions: {e}")  # test files are optional in a task folder
+                continue
+            test.append(Split(s, examples, featurize(task, examples, tokenizer, d)))
+    return task, train, dev, test
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. The encoder from init_checkpoint
+# ----------------------------------------------------------------------------------------------------
+
+
+def model_overrides(config) -> dict:
+    """The BertConfig fields a fine-tuning run sets; the sizes always come from the checkpoint."""
+    m = config.model
+    return dict(hidden_dropout_rate=m.hidden_dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
+                dtype=m.dtype, attention_impl=m.attention_impl, scan_layers=m.scan_layers,
+                remat_policy=m.remat_policy)
+
+
+def load_encoder(config, mesh) -> tuple[BertConfig, dict, Any, str]:
+    """(BertConfig, encoder params (the 'bert' subtree, host arrays), tokenizer, description) of init_checkpoint.
+
+    A bert_jax model directory (bert_jax.json) or a pretraining workdir (checkpoints/ + config.json). Anything
+    else, or weights that do not fit their config, is a ValueError naming config.init_checkpoint.
+    """
+    path = config.init_checkpoint
+    where = f"config.init_checkpoint={path!r}"
+    overrides = model_overrides(config)
+    try:
+        if os.path.exists(os.path.join(path, "bert_jax.json")):
+            from bert_jax.pretrained import load_pretrained
+
+            pretrained = load_pretrained(path, config_overrides=overrides)
+            bert, params, tokenizer = pretrained
+            what = f"bert_jax model directory {path}"
+        elif os.path.isdir(os.path.join(path, "checkpoints")):
+            bert, params, tokenizer, what = _load_pretraining_workdir(path, config.init_checkpoint_step, overrides,
+                                                                      mesh)
+        else:
+            hint = (f"; did you mean {os.path.join(path, 'model')}?"
+                    if os.path.exists(os.path.join(path, "model", "bert_jax.json")) else
+                    "; convert a Google or Hugging Face checkpoint first: python -m bert_jax convert")
+            raise ValueError(f"neither a bert_jax model directory (bert_jax.json) nor a pretraining workdir "
+                             f"(checkpoints/){hint}")
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise ValueError(f"{where}: {e}") from None
+    if "bert" not in params:
+        raise ValueError(f"{where}: no encoder ('bert') parameters")
+    if tokenizer.vocab_size > bert.vocab_size:
+        raise ValueError(f"{where}: its tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                         f"{bert.vocab_size}: the vocabulary does not belong to these weights")
+    if config.data.max_seq_length > bert.max_position_embeddings:
+        raise ValueError(f"config.data.max_seq_length={config.data.max_seq_length}: longer than the checkpoint's "
+                         f"max_position_embeddings={bert.max_position_embeddings}")
+    return bert, params["bert"], tokenizer, what
+
+
+def _load_pretraining_workdir(path: str, step: int, overrides: dict, mesh):
+    """The encoder of a pretraining run's Orbax checkpoint (the trainer's TrainState; only 'bert' is kept)."""
+    from bert_jax import pretrain
+    from bert_jax.model import is_scanned, unscan_params
+    from bert_jax.tokenizer import load_tokenizer
+
+    config_file = os.path.join(path, "config.json")
+    if not os.path.exists(config_file):
+        raise FileNotFoundError(f"{config_file}: missing (the pretraining run's config)")
+    with open(config_file) as f:
+        raw = json.load(f)
+    try:
+        pretraining = pretrain.validate_config(ml_collections.ConfigDict(raw))
+    except ValueError as e:
+        raise ValueError(f"{config_file} is not a pretraining config ({e})") from None
+    pretraining.unlock()
+    data = pretraining.data
+    # The run's tokenizer, found as pretraining found it (without re-running its data preparation).
+    if data.vocab_file:
+        tokenizer = load_tokenizer(data.vocab_file, lower_case=data.lower_case)
+    elif pretraining.train.init_checkpoint:
+        tokenizer = load_tokenizer(pretraining.train.init_checkpoint)
+    elif os.path.exists(os.path.join(path, "vocab")):
+        tokenizer = load_tokenizer(os.path.join(path, "vocab"))
+    else:
+        raise ValueError(f"{path}: the pretraining run has no tokenizer (synthetic data?); fine-tuning needs one")
+    pretraining.model.vocab_size = pretraining.model.vocab_size or tokenizer.vocab_size
+    pretraining.mesh = dict(zip(sharding.MESH_AXES, (int(mesh.shape[a]) for a in sharding.MESH_AXES)))
+    state = pretrain.load_train_state(pretraining, path, step=None if step < 0 else step, devices=mesh.devices.flat)
+    params = pretrain.host_params(state.params)
+    if is_scanned(params):
+        params = unscan_params(params)
+    bert = pretrain.model_config(pretraining, tokenizer).replace(**{**overrides, "scan_layers": False})
+    if overrides["scan_layers"]:
+        from bert_jax.model import scan_params
+
+        params, bert = scan_params(params), bert.replace(scan_layers=True)
+    return bert, params, tokenizer, f"pretraining workdir {path} at step {int(state.step)}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. The objective (losses per kind) and the training batches
+# ----------------------------------------------------------------------------------------------------
+
+
+def head_model(kind: str, bert: BertConfig, num_labels: int) -> nn.Module:
+    """The Flax model of a task kind: the encoder under 'bert' plus the kind's head (bert_jax/heads.py)."""
+    if kind in ("classification", "regression"):
+        return BertForSequenceClassification(bert, num_labels=num_labels)
+    if kind == "tagging":
+        return BertForTokenClassification(bert, num_labels=num_labels)
+    if kind == "span":
+        return BertForQuestionAnswering(bert)
+    if kind == "multiple_choice":
+        return BertForMultipleChoice(bert)
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+class FinetuneObjective:
+    """The loss of a task kind (a trainer.Objective); sums are divided by whole-batch counts (`normalizers`), so
+    micro-batches add up exactly.
+
+        classification, multiple choice   mean cross-entropy over examples
+        regression                        mean squared error
+        tagging                           cross-entropy summed over labeled word pieces / their count (-100 ignored)
+        span                              (start CE + end CE) / 2, averaged over windows
+    """
+
+    IGNORE = -100
+
+    def __init__(self, kind: str, bert: BertConfig, num_labels: int, num_choices: int = 4):
+        self.kind, self.config, self.num_labels, self.num_choices = kind, bert, num_labels, num_choices
+        self.model = head_model(kind, bert, num_labels)
+
+    def dummy_inputs(self):
+        shape = (1, self.num_choices, 8) if self.kind == "multiple_choice" else (1, 8)
+        ones = jnp.ones(shape, jnp.int32)
+        return ones, ones, jnp.zeros(shape, jnp.int32)
+
+    def init_params(self, rng):
+        return self.model.init(rng, *self.dummy_inputs(), deterministic=True)["params"]
+
+    def init_head(self, rng) -> dict:
+        """Fresh head parameters alone (host arrays): the heads' output layer (bert_jax/heads.py: `classifier`, or
+        `qa_outputs` for spans) initialised on its own, instead of initialising a whole encoder only to discard it.
+        create_train_state checks the assembled tree against the full model's."""
+        name, width = ("qa_outputs", 2) if self.kind == "span" else ("classifier", self.num_labels)
+        layer = Dense(width, ("embed", None), self.config)
+        hidden = jnp.zeros((1, self.config.hidden_size), jnp.float32)  # [B, H] stand-in activations
+        return {name: jax.device_get(nn.meta.unbox(layer.init(rng, hidden)["params"]))}
+
+    def apply(self, params, batch, rng=None, train: bool = False):
+        return self.model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                                batch["token_type_ids"], deterministic=not train,
+                                rngs={"dropout": rng} if train else {})
+
+    def normalizers(self, batch):
+        count = jnp.float32(batch["input_ids"].shape[0])
+        if self.kind == "tagging":
+            return {"count": count, "tokens": jnp.maximum((batch["labels"] != self.IGNORE).sum(), 1).astype(jnp.float32)}
+        return {"count": count}
+
+    def loss(self, params, batch, rng, normalizers, train: bool):
+        out = self.apply(params, batch, rng, train)
+        if self.kind == "span":
+            start_ce = _cross_entropy(out[0], batch["start_positions"])  # [B]
+            end_ce = _cross_entropy(out[1], batch["end_positions"])
+            loss = jnp.sum(start_ce + end_ce) / 2 / normalizers["count"]
+            hits = (jnp.argmax(out[0], -1) == batch["start_positions"]) & (jnp.argmax(out[1], -1) == batch["end_positions"])
+            return loss, {"span_accuracy": jnp.sum(hits) / normalizers["count"]}
+        if self.kind == "regression":
+            errors = out[:, 0] - batch["labels"].astype(jnp.float32)  # [B, 1] -> [B]
+            return jnp.sum(errors ** 2) / normalizers["count"], {}
+        labels = batch["labels"].astype(jnp.int32)
+        if self.kind == "tagging":
+            kept = labels != self.IGNORE  # [B, T]
+            safe = jnp.where(kept, labels, 0)
+            ce = _cross_entropy(out, safe)  # [B, T]
+            correct = (jnp.argmax(out, -1) == safe) & kept
+            return (jnp.sum(jnp.where(kept, ce, 0.0)) / normalizers["tokens"],
+                    {"accuracy": jnp.sum(correct) / normalizers["tokens"]})
+        ce = _cross_entropy(out, labels)  # classification [B, L] or multiple choice [B, C] -> [B]
+        return jnp.sum(ce) / normalizers["count"], {"accuracy": jnp.sum(jnp.argmax(out, -1) == labels) / normalizers["count"]}
+
+
+def _cross_entropy(logits, labels):
+    """-log softmax(logits)[label] over the last axis; logits [..., K], labels [...] -> [...]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    return -jnp.take_along_axis(logp, labels.astype(jnp.int32)[..., None], axis=-1)[..., 0]
+
+
+class TrainBatches:
+    """Global batches of the training features, drawn from a new seeded permutation every epoch.
+
+    The features are one stream of epochs (like tf.data's shuffle + repeat): a batch may span the end of one epoch
+    and the start of the next, so no example is dropped. Each process returns its own rows of every global batch.
+    The position is the iterator state the trainer checkpoints, so a resumed run goes on with the same batches.
+    """
+
+    def __init__(self, features: Mapping[str, np.ndarray], keys: Sequence[str], batch_size: int, seed: int,
+                 rows: Optional[slice] = None):
+        self.arrays = {k: features[k] for k in keys}
+        self.size = len(features["input_ids"])
+        self.batch_size, self.seed = batch_size, seed
+        self.rows = rows or slice(0, batch_size)
+        self.position = 0  # feature rows handed out so far, over all epochs
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.size)
+
+    def indices(self, position: int, count: int) -> np.ndarray:
+        """The feature indices of stream positions [position, position + count)."""
+        out = []
+        while count > 0:
+            epoch, offset = divmod(position, self.size)
+            take = min(count, self.size - offset)
+            out.append(self.permutation(epoch)[offset:offset + take])
+            position, count = position + take, count - take
+        return np.concatenate(out)
+
+    def get_state(self) -> dict:
+        return {"position": self.position}
+
+    def set_state(self, state: Mapping) -> None:
+        self.position = int(state["position"])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        chosen = self.indices(self.position, self.batch_size)[self.rows]
+        self.position += self.batch_size
+        return {k: v[chosen] for k, v in self.arrays.items()}
+
+
+def training_steps(config, num_features: int) -> tuple[int, int]:
+    """(total steps, steps per epoch): num_epochs over the features (run_classifier.py's int(N / B * epochs))."""
+    per_epoch = max(1, math.ceil(num_features / config.train.batch_size))
+    total = config.train.num_steps or max(1, int(num_features / config.train.batch_size * config.train.num_epochs))
+    return total, min(per_epoch, total)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. Running the model over a split: evaluation and predictions
+# ----------------------------------------------------------------------------------------------------
+
+
+def make_forward(objective: FinetuneObjective, mesh, param_shardings) -> Any:
+    """(params, global batch) -> the outputs `task.decode` reads, replicated; no dropout."""
+
+    def forward(params, batch):
+        out = objective.apply(params, batch)
+        if objective.kind == "span":
+            return {"start_logits": out[0], "end_logits": out[1]}
+        return {"logits": out}
+
+    jitted = jax.jit(forward, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+                     out_shardings=sharding.replicated(mesh))
+    return sharding.with_mesh(jitted, mesh)
+
+
+def run_model(forward, params, features: Mapping[str, np.ndarray], batch_size: int, mesh) -> dict:
+    """The model's outputs for every feature row, in fixed-size batches (one compilation); the last batch is
+    padded with filler rows that attend to their first position only, and their outputs are dropped."""
+    n = len(features["input_ids"])
+    rows = sharding.process_rows(mesh, batch_size)
+    pending = []
+    for start in range(0, n, batch_size):
+        real = min(batch_size, n - start)
+        batch = {}
+        for key in INPUT_KEYS:
+            part = features[key][start:start + real]
+            padded = np.zeros((batch_size, *part.shape[1:]), np.int32)
+            padded[:real] = part
+            batch[key] = padded
+        batch["attention_mask"][real:, ..., 0] = 1
+        out = forward(params, sharding.global_batch({k: v[rows] for k, v in batch.items()}, mesh, batch_size))
+        pending.append((real, out))
+    fetched = jax.device_get([out for _, out in pending])
+    keys = fetched[0].keys() if fetched else ()
+    return {k: np.concatenate([np.asarray(out[k])[:real] for (real, _), out in zip(pending, fetched)])
+            for k in keys}
+
+
+def evaluate_splits(task, splits: Sequence[Split], outputs_of, decode_options) -> tuple[dict, dict]:
+    """({metric: value}, {split: predictions}); with several dev splits (MNLI) the metrics of all but the first
+    are prefixed with the split name, and the first split's metrics pick the best checkpoint."""
+    metrics, predictions = {}, {}
+    for i, split in enumerate(splits):
+        predicted = decode(task, outputs_of(split), split, decode_options)
+        predictions[split.name] = predicted
+        if split.labeled:
+            values = task.evaluate(predicted, split.examples)
+            prefix = "" if i == 0 else f"{split.name}_"
+            metrics.update({f"{prefix}{k}": float(v) for k, v in values.items()})
+    return metrics, predictions
+
+
+# ----------------------------------------------------------------------------------------------------
+# 6. Export: the fine-tuned model directory
+# ----------------------------------------------------------------------------------------------------
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def finetune_record(config, task, step: int, metrics: Mapping) -> dict:
+    """finetune.json: what `predict` needs to rebuild the task and its features from a model directory."""
+    options = {k: v for k, v in _task_options(config).items() if v is not None}
+    if "labels" in options or task.name == "classify":
+        options["labels"] = list(task.labels)
+    return {"task": task.name, "task_options": options, "kind": task.kind, "labels": list(task.labels),
+            "data": {k: config.data[k] for k in ("max_seq_length", "doc_stride", "max_query_length")},
+            "decode": dict(config.decode), "step": step, "metrics": dict(metrics),
+            "init_checkpoint": os.path.abspath(config.init_checkpoint)}
+
+
+def export_model(directory: str, bert: BertConfig, params, tokenizer, task, record: dict) -> None:
+    """Writes (or atomically replaces) a bert_jax model directory holding the encoder and the fine-tuned head."""
+    from bert_jax.pretrain import host_params
+    from bert_jax.pretrained import save_pretrained
+
+    params = host_params(params)
+    staging = f"{directory}.tmp-{record['step']}"
+    if jax.process_index() == 0 and os.path.exists(staging):
+        shutil.rmtree(staging)
+    _sync("finetune export staging")
+    labels = list(task.labels) if task.kind in ("classification", "tagging") else None
+    save_pretrained(staging, bert, params, tokenizer, task=HF_TASK[task.kind], labels=labels, fresh=[],
+                    source={"format": "bert_jax", "finetuned_from": record["init_checkpoint"],
+                            "task": task.name, "step": record["step"]})
+    if jax.process_index() == 0:
+        with open(os.path.join(staging, FINETUNE_FILE), "w") as f:
+            json.dump(record, f, indent=2)
+            f.write("\n")
+        if os.path.exists(directory):
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    _sync("finetune export done")
+
+
+# ----------------------------------------------------------------------------------------------------
+# 7. The run
+# ----------------------------------------------------------------------------------------------------
+
+
+def _optimizer(config, total_steps: int):
+    o = config.optimizer
+    return optim.make_optimizer(o.name, learning_rate=o.learning_rate,
+                                warmup_steps=int(o.warmup_fraction * total_steps), total_steps=total_steps,
+                                weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, clip_norm=o.clip_norm)
+
+
+class Setup:
+    """Everything a run builds before its first step (tests and notebooks inspect it)."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str, devices: Optional[Sequence] = None) -> Setup:
+    """Validates the config, reads the data, loads the encoder, and creates or restores the train state."""
+    from bert_jax.pretrain import prepare_workdir
+    from bert_jax.tasks import get_task
+
+    config = validate_config(config)
+    workdir = prepare_workdir(workdir)
+    mesh = sharding.make_mesh(dict(config.mesh), devices)
+    check_against_mesh(config, mesh)
+    bert, encoder, tokenizer, source = load_encoder(config, mesh)
+    task = get_task(config.task.name, **_task_options(config))
+    task, train, dev, test = load_data(config, task, tokenizer)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2) + "\n")
+
+    objective = FinetuneObjective(task.kind, bert, task.num_labels, getattr(task, "num_choices", 4))
+    total_steps, steps_per_epoch = training_steps(config, len(train))
+    tx, schedule = _optimizer(config, total_steps)
+    eval_every = min(config.train.eval_every or steps_per_epoch, total_steps)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                save_every=config.train.checkpoint_every or eval_every,
+                                keep_last=config.train.keep_checkpoints, async_save=config.train.async_checkpoints)
+    try:
+        state, shardings, data_state = _initial_state(config, objective, tx, mesh, checkpointer, encoder, source)
+    except BaseException:
+        checkpointer.close()
+        raise
+    return Setup(config=config, workdir=workdir, mesh=mesh, bert=bert, tokenizer=tokenizer, task=task, train=train,
+                 dev=dev, test=test, objective=objective, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                 eval_every=eval_every, tx=tx, schedule=schedule, checkpointer=checkpointer, state=state,
+                 shardings=shardings, data_state=data_state)
+
+
+def _initial_state(config, objective, tx, mesh, checkpointer, encoder, source):
+    """Resume from the workdir's latest checkpoint; else a fresh state (new head, fresh optimizer) whose encoder
+    is replaced by the checkpoint's."""
+    latest = checkpointer.latest_step()
+    shardings = trainer.state_shardings(objective, tx, mesh)
+    if latest is not None:
+        try:
+            state, data_state = checkpointer.restore(latest, trainer.abstract_train_state(objective, tx, shardings))
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{checkpointer.directory}/{latest}: cannot restore onto this config's task and model "
+                             f"({e}); use a new workdir or the config the checkpoint was written with") from None
+        _announce(f"resuming from the checkpoint at step {latest} in {checkpointer.directory}")
+        return state, shardings, data_state
+    expected = jax.eval_shape(lambda: nn.meta.unbox(objective.init_params(jax.random.PRNGKey(0))))["bert"]
+    trainer.check_same_shapes(expected, encoder, what=f"config.init_checkpoint={config.init_checkpoint!r} encoder")
+    params = {"bert": encoder, **objective.init_head(jax.random.PRNGKey(config.train.seed))}
+    state, shardings = trainer.create_train_state(objective, tx, mesh, config.train.seed, params=params)
+    _announce(f"encoder from the {source}; new {objective.kind} head, fresh optimizer")
+    return state, shardings, None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks: Sequence = (),
+                       devices: Optional[Sequence] = None) -> dict:
+    """Fine-tunes per `config` in `workdir` (resuming from its latest checkpoint if there is one).
+
+    Returns {"state", "best" (step and dev metrics of the exported model), "metrics" (that model's dev metrics),
+    "predictions" (paths written), "model_dir"}. `hooks` are called as hook(step, state) after every step.
+    """
+    started = time.time()
+    setup = prepare(config, workdir, devices)
+    config, workdir, mesh, task = setup.config, setup.workdir, setup.mesh, setup.task
+    model_dir = os.path.join(workdir, "model")
+    best_file = os.path.join(workdir, "best.json")
+    best = _read_json(best_file) if os.path.exists(best_file) else None
+    forward = make_forward(setup.objective, mesh, setup.shardings.params)
+
+    def outputs_for(params):
+        return lambda split: run_model(forward, params, split.features, config.train.eval_batch_size, mesh)
+
+    def evaluate(state):
+        nonlocal best
+        step = int(state.step)
+        metrics, _ = evaluate_splits(task, setup.dev, outputs_for(state.params), config.decode)
+        score = metrics.get(task.best_metric, float("nan"))
+        improved = best is None or (math.isfinite(score) and not score <= best["score"])
+        if config.train.keep_best and improved:
+            export_model(model_dir, setup.bert, state.params, setup.tokenizer, task,
+                         finetune_record(config, task, step, metrics))
+            best = {"step": step, "score": score, "metrics": metrics}
+            if jax.process_index() == 0:
+                _write_json(best_file, best)
+            _announce(f"  new best {task.best_metric}={score:.4f} at step {step}: exported to {model_dir}")
+        return metrics
+
+    log_every = config.train.log_every
+    writer = MetricsWriter(workdir, setup.total_steps, tensorboard=config.train.tensorboard)
+    train_keys = (*INPUT_KEYS, *TARGET_KEYS[task.kind])
+    rows = sharding.process_rows(mesh, config.train.batch_size)
+    phase = trainer.Phase(
+        name="finetune", end_step=setup.total_steps, global_batch_size=config.train.batch_size,
+        make_iterator=lambda _: TrainBatches(setup.train.features, train_keys, config.train.batch_size,
+                                             config.train.seed, rows),
+        tokens_per_sequence=config.data.max_seq_length)
+    _announce(f"{task.name}: {len(setup.train)} training features, {setup.total_steps} steps of "
+              f"{config.train.batch_size} ({setup.steps_per_epoch} per epoch), evaluation every {setup.eval_every} "
+              f"steps on {', '.join(f'{s.name} ({len(s.examples)})' for s in setup.dev) or 'nothing'}")
+    try:
+        state = trainer.train(
+            state=setup.state, train_step=trainer.make_train_step(setup.objective, setup.tx, setup.schedule, mesh,
+                                                                  setup.shardings, config.train.micro_batches),
+            phases=[phase], mesh=mesh, checkpointer=setup.checkpointer, writer=writer, data_state=setup.data_state,
+            log_every=log_every, eval_every=setup.eval_every if setup.dev else 0,
+            evaluate=evaluate if setup.dev else None,
+            peak_flops_per_device=peak_flops_per_device(mesh.devices.flat[0], config.train.peak_flops_per_device),
+            hooks=hooks)
+        finished = int(state.step) == setup.total_steps
+        if finished and (not os.path.exists(model_dir) or not config.train.keep_best or not setup.dev):
+            export_model(model_dir, setup.bert, state.params, setup.tokenizer, task,
+                         finetune_record(config, task, int(state.step), {}))
+            if not setup.dev:
+                best = {"step": int(state.step), "score": float("nan"), "metrics": {}}
+    finally:
+        setup.checkpointer.close()
+        writer.close()
+    result = {"state": state, "best": best, "model_dir": model_dir, "metrics": {}, "predictions": []}
+    if not finished:  # stopped early (SIGTERM): the next run resumes and writes the predictions
+        return result
+
+    # The exported model's predictions for every dev and test split, in the task's own formats.
+    from bert_jax.pretrained import load_pretrained
+
+    exported = load_pretrained(model_dir, config_overrides=model_overrides(config))
+    params = jax.device_put(exported.params, setup.shardings.params)
+    output_dir = os.path.join(workdir, "predictions")
+    metrics, predictions = evaluate_splits(task, [*setup.dev, *setup.test], outputs_for(params), config.decode)
+    paths = []
+    if jax.process_index() == 0:
+        for split in [*setup.dev, *setup.test]:
+            paths += task.write_predictions(predictions[split.name], split.examples, output_dir, split.name)
+        _write_json(os.path.join(workdir, "eval_results.json"), {"step": (best or {}).get("step"), **metrics})
+    shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+    _announce(f"{task.name}: model {model_dir} (step {(best or {}).get('step')}){': ' + shown if shown else ''}; "
+              f"predictions in {output_dir}; {time.time() - started:.0f}s")
+    result.update(metrics=metrics, predictions=paths)
+    return result
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path: str, content) -> None:
+    with open(path, "w") as f:
+        json.dump(content, f, indent=2)
+        f.write("\n")
+
+
+# ----------------------------------------------------------------------------------------------------
+# 8. predict: a fine-tuned model directory on new input files
+# ----------------------------------------------------------------------------------------------------
+
+
+def predict(checkpoint: str, input_path: str, output: str, *, task_name: Optional[str] = None,
+            split: str = "test", batch_size: int = 64, strict: bool = False,
+            devices: Optional[Sequence] = None) -> dict:
+    """Runs a fine-tuned bert_jax model directory on `input_path` (a file in the task's original format) and writes
+    the task's predictions to `output`: a file (extra files such as SQuAD's n-best go next to it, named
+    `<output stem>.<kind>.json`), or a directory (the task's own file names).
+
+    The task, its options and the featurization come from the directory's finetune.json (written by
+    `finetune`); `task_name` must agree with it, and is needed for a directory without one (e.g. a converted
+    Hugging Face classifier). Labeled input is also scored. Returns {"paths", "metrics", "report"}.
+    """
+    from bert_jax.pretrained import load_pretrained, read_manifest
+    from bert_jax.tasks import get_task
+
+    record_file = os.path.join(checkpoint, FINETUNE_FILE)
+    record = _read_json(record_file) if os.path.exists(record_file) else None
+    manifest = read_manifest(checkpoint)
+    if record is None and not task_name:
+        raise ValueError(f"{checkpoint}: no {FINETUNE_FILE} (not written by `finetune`): give the task (--task)")
+    if record is not None and task_name and get_task(task_name).name != record["task"]:
+        raise ValueError(f"{checkpoint} was fine-tuned for {record['task']!r}, not {task_name!r}")
+    name = record["task"] if record else task_name
+    options = dict(record["task_options"]) if record else {}
+    if not record and name == "classify" and manifest.get("labels"):
+        options["labels"] = manifest["labels"]
+    task = get_task(name, **options)
+    data = record["data"] if record else {"max_seq_length": 384 if task.kind == "span" else 128,
+                                          "doc_stride": 128, "max_query_length": 64}
+    decode_options = record["decode"] if record else dict(default_config().decode)
+
+    pretrained = load_pretrained(checkpoint)
+    bert, params, tokenizer = pretrained
+    head = "qa_outputs" if task.kind == "span" else "classifier"
+    if head not in params:
+        raise ValueError(f"{checkpoint}: no fine-tuned head ({head!r}) for a {task.kind} task; parts: "
+                         f"{', '.join(manifest.get('parts', []))}")
+    width = np.shape(params[head]["bias"])[0]
+    expected = 2 if task.kind == "span" else task.num_labels
+    if width != expected:
+        raise ValueError(f"{checkpoint}: its {head} head has {width} outputs, task {task.name!r} needs {expected}")
+
+    examples, report = task.read(split, input_path, strict=strict)
+    print(f"[{split}] {report.summary()}", flush=True)
+    if not examples:
+        raise ValueError(f"{input_path}: no usable examples")
+    split_data = Split(split, examples, featurize(task, examples, tokenizer, data))
+
+    mesh = sharding.make_mesh({"data": -1}, devices)
+    if batch_size % sharding.data_parallel_size(mesh):
+        raise ValueError(f"batch_size={batch_size}: must divide over the {sharding.data_parallel_size(mesh)} devices")
+    objective = FinetuneObjective(task.kind, bert, task.num_labels, getattr(task, "num_choices", 4))
+    param_shardings = sharding.logical_shardings(jax.eval_shape(objective.init_params, jax.random.PRNGKey(0)), mesh)
+    forward = make_forward(objective, mesh, param_shardings)
+    placed = jax.device_put(params, param_shardings)
+    outputs = run_model(forward, placed, split_data.features, batch_size, mesh)
+    predictions = decode(task, outputs, split_data, decode_options)
+    metrics = task.evaluate(predictions, examples) if split_data.labeled else None
+    paths = write_predictions_to(output, task, predictions, examples, split)
+    return {"paths": paths, "metrics": metrics, "report": report}
+
+
+def write_predictions_to(output: str, task, predictions, examples, split: str) -> list:
+    """The task's prediction files at `output`: a directory (the task's names) or a file (the first file the task
+    writes; the others beside it as <stem>.<what><ext>)."""
+    if output.endswith(os.sep) or os.path.isdir(output):
+        return task.write_predictions(predictions, examples, output, split)
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    stem, _ = os.path.splitext(output)
+    with tempfile.TemporaryDirectory(dir=parent) as scratch:
+        written = task.write_predictions(predictions, examples, scratch, split)
+        paths = [output]
+        os.replace(written[0], output)
+        for extra in written[1:]:
+            name = os.path.basename(extra)
+            name = name[len(split) + 1:] if name.startswith(f"{split}_") else name
+            paths.append(f"{stem}.{name}")
+            os.replace(extra, paths[-1])
+    return paths

@@ -1,0 +1,28 @@
+"""SWAG multiple-choice config: `get_config()`.
+
+Each of the 4 endings is encoded as `[CLS] sent1 [SEP] sent2 ending_i [SEP]`; the pooled output of each goes
+through a one-output classifier and the 4 scores through a softmax (cross-entropy on the right ending). Recipe
+(BERT paper): batch 16, AdamW lr 2e-5 with 10% warmup, 3 epochs, 128 tokens.
+
+    python -m bert_jax finetune --config configs/swag.py --workdir workdirs/swag \\
+        --config.init_checkpoint=models/bert-base-uncased --config.data.source=path/to/swagaf/data
+        # the folder holds train.csv, val.csv (and test.csv) as released
+
+Expect validation accuracy ~0.81 with BERT-Base (the paper: 81.6 dev, BERT-Large 86.6). <workdir>/predictions
+holds `fold-ind,label` CSVs (the chosen ending's index).
+"""
+
+from bert_jax.finetune import default_config
+
+
+def get_config(arg=None):
+    if arg not in (None, "", "swag"):
+        raise ValueError(f"configs/swag.py: unknown argument {arg!r}; it takes none")
+    config = default_config()
+    config.task.name = "swag"
+    config.data.max_seq_length = 128
+    config.optimizer.learning_rate = 2e-5
+    config.train.batch_size = 16
+    config.train.num_epochs = 3.0
+    config.train.log_every = 200
+    return config
