@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
@@ -39,6 +40,9 @@ class Checkpointer:
             save_decision_policy=policies.FixedIntervalPolicy(save_every),
             preservation_policy=policies.AnyPreservationPolicy(preserve),
             enable_async_checkpointing=async_save,
+            # A save that comes due while the previous one is still writing waits for it instead of being
+            # skipped (Orbax's default skips it silently).
+            enable_should_save_is_saving_in_progress_check=False,
             cleanup_tmp_directories=True,  # leftovers of a save that was killed midway
             create=True,
         )
@@ -58,8 +62,9 @@ class Checkpointer:
         return self._manager.should_save(step)
 
     def reached_preemption(self, step: int) -> bool:
-        """True on every process at the same step once any of them got a preemption notice (multi-host)."""
-        return self._manager.reached_preemption(step)
+        """True on every process at the same step once any of them got a preemption notice (multi-host;
+        a single process handles SIGTERM itself, see trainer._Signals)."""
+        return jax.process_count() > 1 and self._manager.reached_preemption(step)
 
     # -- save / restore ------------------------------------------------------------------------------
 

@@ -5,11 +5,13 @@ The built-in run (no data, no download; a few minutes on a laptop CPU):
     python -m bert_jax pretrain
 
   writes CPython's documentation as a corpus, trains an 8,000-piece WordPiece vocabulary on it, then
-  pretrains a tiny BERT (L2/H128) for 600 steps of 32 sequences of 128 tokens. Expect the loss to fall from
-  ~11 (ln 8000 + ln 2) to about 6 and the masked-LM accuracy to rise from 0 to ~0.2 (the loss drops quickly
-  to ~7.5 as it learns word frequencies, then keeps falling); checkpoints, metrics.jsonl and TensorBoard
-  events land in workdirs/pretrain_builtin, the model in workdirs/pretrain_builtin/model, and a few
-  fill-mask predictions are printed at the end:
+  pretrains a tiny BERT (L2/H128) for 600 steps of 32 sequences of 64 tokens (about 3.5 CPU-minutes of
+  training on a 2-core Xeon, plus building the corpus and vocabulary once). Expect the loss to fall from ~11
+  (ln 8000 + ln 2) to ~7 within 100 steps (word frequencies) and on to ~6.6, with a masked-LM accuracy of
+  ~0.1 (measured: 6.64 / 0.11 at step 600); a model this small and short-trained predicts frequent words
+  ("the", "of", ".") for most blanks. Checkpoints,
+  metrics.jsonl and TensorBoard events land in workdirs/pretrain_builtin, the model in
+  workdirs/pretrain_builtin/model, and a few fill-mask predictions are printed at the end:
 
     python -m bert_jax fill-mask --checkpoint workdirs/pretrain_builtin/model "Return a new [MASK] of the list."
 
@@ -48,8 +50,13 @@ def get_config(arg=None):
         config.model.size = "tiny"
         config.data.source = "builtin"
         config.data.builtin_vocab_size = 8000
-        config.phases = (dict(fraction=1.0, seq_length=128, batch_size=32, max_predictions=20),)
-        config.optimizer.learning_rate = 1e-3  # a tiny model on a small corpus takes a larger rate
+        # Short sequences (the docs' sentences are short) and no dropout: a few minutes of training should
+        # show learning, not regularise. 1e-3 kept this post-LN model at the unigram plateau (~6.9) for 600
+        # steps; 3e-4 moves past it.
+        config.model.hidden_dropout_rate = 0.0
+        config.model.attention_dropout_rate = 0.0
+        config.phases = (dict(fraction=1.0, seq_length=64, batch_size=32, max_predictions=10),)
+        config.optimizer.learning_rate = 3e-4
         config.optimizer.warmup_steps = 60
         config.train.num_steps = 600
         config.train.log_every = 20
