@@ -24,6 +24,7 @@ SIGTERM, resume. The run, top to bottom (the banner sections below follow it):
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
@@ -155,16 +156,17 @@ def _get(config, dotted: str):
 
 
 def _type_error(want, have) -> Optional[str]:
+    """What `have` should have been, given the default `want`; None when its type fits."""
     if isinstance(want, bool) or isinstance(have, bool):
-        return None if isinstance(want, bool) == isinstance(have, bool) else type(want).__name__
+        return None if isinstance(want, bool) == isinstance(have, bool) else f"a {type(want).__name__}"
     if isinstance(want, int) and not (isinstance(have, int) or (isinstance(have, float) and have.is_integer())):
-        return "int"
+        return "an integer"
     if isinstance(want, float) and not isinstance(have, (int, float)):
-        return "number"
+        return "a number"
     if isinstance(want, str) and not isinstance(have, str):
-        return "string"
+        return "a string"
     if isinstance(want, (tuple, list)) and not isinstance(have, (tuple, list)):
-        return "list"
+        return "a list"
     return None
 
 
@@ -185,7 +187,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
             raise ValueError(f"config.{key}: unknown key" + (f"; did you mean config.{close[0]}?" if close else ""))
         wrong = _type_error(defaults[key], have)
         if wrong:
-            raise ValueError(f"config.{key}={have!r}: expected a {wrong}")
+            raise ValueError(f"config.{key}={have!r}: expected {wrong}")
         if isinstance(defaults[key], int) and not isinstance(defaults[key], bool):
             given[key] = int(have)
         if isinstance(defaults[key], float):
@@ -324,8 +326,10 @@ class Split:
 
     @property
     def labeled(self) -> bool:
-        return "labels" in self.features or "start_positions" in self.features and any(
-            getattr(e, "answers", ()) or getattr(e, "is_impossible", False) for e in self.examples)
+        """Whether the split can be scored: gold labels, or (SQuAD) gold answers or the mark 'unanswerable'."""
+        if self.examples and hasattr(self.examples[0], "answers"):
+            return all(e.answers or e.is_impossible for e in self.examples)
+        return "labels" in self.features
 
     def __len__(self):
         return len(self.features["input_ids"])
@@ -386,19 +390,21 @@ def load_data(config, task, tokenizer) -> tuple[Any, Split, list, list]:
     train = Split("train", train_examples, featurize(task, train_examples, tokenizer, d))
     if not all(k in train.features for k in TARGET_KEYS[task.kind]):
         raise ValueError(f"{train_source}: the training examples have no labels")
-    dev = [Split(s, ex, featurize(task, ex, tokenizer, d))
-           for s, src in _sources(config, "dev", task.eval_splits)
-           for ex in [read_split(task, s, src, limit=d.max_eval_examples, **options)]]
+    dev = []
+    for s, src in _sources(config, "dev", task.eval_splits):
+        examples = read_split(task, s, src, limit=d.max_eval_examples, **options)
+        dev.append(Split(s, examples, featurize(task, examples, tokenizer, d)))
     test = []
     if config.train.predict_test:
         explicit = bool(d.test)
         for s, src in _sources(config, "test", task.test_splits):
             try:
                 examples = read_split(task, s, src, **options)
-            except FileNotFoundError as e:
-                if explicit:
+            except (FileNotFoundError, ValueError) as e:
+                # Test files are optional in a task folder, and TFDS has no test split for some tasks (SQuAD).
+                if explicit or not (isinstance(e, FileNotFoundError) or _is_tfds(src)):
                     raise
-                _announce(f"[{s}] no test predictions: {e}")  # test files are optional in a task folder
+                _announce(f"[{s}] no test predictions: {e}")
                 continue
             test.append(Split(s, examples, featurize(task, examples, tokenizer, d)))
     return task, train, dev, test
@@ -554,7 +560,8 @@ class FinetuneObjective:
     def normalizers(self, batch):
         count = jnp.float32(batch["input_ids"].shape[0])
         if self.kind == "tagging":
-            return {"count": count, "tokens": jnp.maximum((batch["labels"] != self.IGNORE).sum(), 1).astype(jnp.float32)}
+            tokens = jnp.maximum((batch["labels"] != self.IGNORE).sum(), 1).astype(jnp.float32)
+            return {"count": count, "tokens": tokens}
         return {"count": count}
 
     def loss(self, params, batch, rng, normalizers, train: bool):
@@ -563,7 +570,8 @@ class FinetuneObjective:
             start_ce = _cross_entropy(out[0], batch["start_positions"])  # [B]
             end_ce = _cross_entropy(out[1], batch["end_positions"])
             loss = jnp.sum(start_ce + end_ce) / 2 / normalizers["count"]
-            hits = (jnp.argmax(out[0], -1) == batch["start_positions"]) & (jnp.argmax(out[1], -1) == batch["end_positions"])
+            hits = ((jnp.argmax(out[0], -1) == batch["start_positions"])
+                    & (jnp.argmax(out[1], -1) == batch["end_positions"]))
             return loss, {"span_accuracy": jnp.sum(hits) / normalizers["count"]}
         if self.kind == "regression":
             errors = out[:, 0] - batch["labels"].astype(jnp.float32)  # [B, 1] -> [B]
@@ -577,7 +585,8 @@ class FinetuneObjective:
             return (jnp.sum(jnp.where(kept, ce, 0.0)) / normalizers["tokens"],
                     {"accuracy": jnp.sum(correct) / normalizers["tokens"]})
         ce = _cross_entropy(out, labels)  # classification [B, L] or multiple choice [B, C] -> [B]
-        return jnp.sum(ce) / normalizers["count"], {"accuracy": jnp.sum(jnp.argmax(out, -1) == labels) / normalizers["count"]}
+        accuracy = jnp.sum(jnp.argmax(out, -1) == labels) / normalizers["count"]
+        return jnp.sum(ce) / normalizers["count"], {"accuracy": accuracy}
 
 
 def _cross_entropy(logits, labels):
@@ -752,11 +761,29 @@ def _optimizer(config, total_steps: int):
                                 weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, clip_norm=o.clip_norm)
 
 
+@dataclasses.dataclass
 class Setup:
     """Everything a run builds before its first step (tests and notebooks inspect it)."""
 
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
+    config: ml_collections.ConfigDict  # validated and locked
+    workdir: str
+    mesh: Any
+    bert: BertConfig
+    tokenizer: Any
+    task: Any  # bert_jax.tasks.Task, with its labels settled
+    train: Split
+    dev: list  # of Split; several for MNLI
+    test: list
+    objective: FinetuneObjective
+    total_steps: int
+    steps_per_epoch: int
+    eval_every: int
+    tx: Any
+    schedule: Any
+    checkpointer: Checkpointer  # open: the caller closes it
+    state: trainer.TrainState
+    shardings: trainer.TrainState
+    data_state: Optional[dict]  # the input position of a restored checkpoint
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str, devices: Optional[Sequence] = None) -> Setup:
@@ -832,23 +859,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
     def outputs_for(params):
         return lambda split: run_model(forward, params, split.features, config.train.eval_batch_size, mesh)
 
-    def evaluate(state):
+    def keep(state, metrics: dict) -> None:
         nonlocal best
         step = int(state.step)
+        export_model(model_dir, setup.bert, state.params, setup.tokenizer, task,
+                     finetune_record(config, task, step, metrics))
+        score = metrics.get(task.best_metric)
+        best = {"step": step, "score": score if score is not None and math.isfinite(score) else None,
+                "metrics": metrics}
+        if jax.process_index() == 0:
+            _write_json(best_file, best)
+
+    def evaluate(state):
         metrics, _ = evaluate_splits(task, setup.dev, outputs_for(state.params), config.decode)
         score = metrics.get(task.best_metric, float("nan"))
-        improved = best is None or (math.isfinite(score) and not score <= best["score"])
-        if config.train.keep_best and improved:
-            export_model(model_dir, setup.bert, state.params, setup.tokenizer, task,
-                         finetune_record(config, task, step, metrics))
-            best = {"step": step, "score": score, "metrics": metrics}
-            if jax.process_index() == 0:
-                _write_json(best_file, best)
-            _announce(f"  new best {task.best_metric}={score:.4f} at step {step}: exported to {model_dir}")
+        if config.train.keep_best and _improves(score, best):
+            keep(state, metrics)
+            _announce(f"  new best {task.best_metric}={score:.4f} at step {best['step']}: exported to {model_dir}")
         return metrics
 
-    log_every = config.train.log_every
-    writer = MetricsWriter(workdir, setup.total_steps, tensorboard=config.train.tensorboard)
     train_keys = (*INPUT_KEYS, *TARGET_KEYS[task.kind])
     rows = sharding.process_rows(mesh, config.train.batch_size)
     phase = trainer.Phase(
@@ -859,24 +888,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
     _announce(f"{task.name}: {len(setup.train)} training features, {setup.total_steps} steps of "
               f"{config.train.batch_size} ({setup.steps_per_epoch} per epoch), evaluation every {setup.eval_every} "
               f"steps on {', '.join(f'{s.name} ({len(s.examples)})' for s in setup.dev) or 'nothing'}")
+    writer = None
     try:
+        writer = MetricsWriter(workdir, setup.total_steps, tensorboard=config.train.tensorboard)
         state = trainer.train(
             state=setup.state, train_step=trainer.make_train_step(setup.objective, setup.tx, setup.schedule, mesh,
                                                                   setup.shardings, config.train.micro_batches),
             phases=[phase], mesh=mesh, checkpointer=setup.checkpointer, writer=writer, data_state=setup.data_state,
-            log_every=log_every, eval_every=setup.eval_every if setup.dev else 0,
+            log_every=config.train.log_every, eval_every=setup.eval_every if setup.dev else 0,
             evaluate=evaluate if setup.dev else None,
             peak_flops_per_device=peak_flops_per_device(mesh.devices.flat[0], config.train.peak_flops_per_device),
             hooks=hooks)
         finished = int(state.step) == setup.total_steps
-        if finished and (not os.path.exists(model_dir) or not config.train.keep_best or not setup.dev):
-            export_model(model_dir, setup.bert, state.params, setup.tokenizer, task,
-                         finetune_record(config, task, int(state.step), {}))
-            if not setup.dev:
-                best = {"step": int(state.step), "score": float("nan"), "metrics": {}}
+        if finished and (not config.train.keep_best or not setup.dev or not os.path.exists(model_dir)):
+            keep(state, {})  # the last weights: no dev set to choose by, or keep_best=False
     finally:
         setup.checkpointer.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
     result = {"state": state, "best": best, "model_dir": model_dir, "metrics": {}, "predictions": []}
     if not finished:  # stopped early (SIGTERM): the next run resumes and writes the predictions
         return result
@@ -898,6 +927,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
               f"predictions in {output_dir}; {time.time() - started:.0f}s")
     result.update(metrics=metrics, predictions=paths)
     return result
+
+
+def _improves(score: float, best: Optional[dict]) -> bool:
+    """A finite score above the best so far (the first evaluation always counts, so a model is kept)."""
+    if best is None:
+        return True
+    return math.isfinite(score) and (best["score"] is None or score > best["score"])
 
 
 def _read_json(path: str):

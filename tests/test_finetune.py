@@ -66,6 +66,23 @@ def save_tiny_model(directory, vocab_file=VOCAB, hidden=64, seed=0, max_position
     return directory
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """JAX's persistent compilation cache for this module: the runs that share shapes (the classification runs
+    below all use 64 tokens, 32 rows and 24 steps) compile their train and eval steps once."""
+    from jax.experimental.compilation_cache import compilation_cache as cache
+
+    directory = tmp_path_factory.mktemp("jax_cache")
+    previous = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    cache.reset_cache()  # an earlier test module may have compiled without a cache: start using this one
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    yield directory
+    jax.config.update("jax_compilation_cache_dir", previous[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous[1])
+    cache.reset_cache()
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
@@ -121,7 +138,7 @@ def run_cli(*args, cwd=REPO):
 
 
 @pytest.fixture(scope="module")
-def sst2_run(tiny_model, tmp_path_factory):
+def sst2_run(tiny_model, tmp_path_factory, compilation_cache):
     """`python -m bert_jax finetune` on SST-2 (48 train / 48 dev sentences, a 40-sentence test file)."""
     tmp = tmp_path_factory.mktemp("sst2")
     test_file = tmp / "test.tsv"
@@ -134,7 +151,8 @@ def sst2_run(tiny_model, tmp_path_factory):
         ("train", ("batch_size", "num_steps", "eval_every", "log_every", "eval_batch_size", "tensorboard")))
         for key in keys}
     result = run_cli("finetune", "--config", "configs/glue.py:sst2", "--workdir", str(workdir),
-                     f"--config.init_checkpoint={tiny_model}", f"--config.data.source={GLUE / 'SST-2'}",
+                     f"--compilation_cache={compilation_cache}", f"--config.init_checkpoint={tiny_model}",
+                     f"--config.data.source={GLUE / 'SST-2'}",
                      f"--config.data.test={test_file}", *(f"--config.{k}={v}" for k, v in overrides.items()))
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result.stdout
@@ -160,7 +178,7 @@ def test_finetune_cli_trains_sst2_and_writes_glue_files(sst2_run):
     assert {r["prediction"] for r in submission} <= {"0", "1"}
 
 
-def test_finetuned_model_directory_serves_predict_and_export(sst2_run, tmp_path):
+def test_finetuned_model_directory_serves_predict_and_export(sst2_run, tmp_path, compilation_cache):
     from bert_jax.pretrained import load_pretrained, read_manifest
 
     workdir, _ = sst2_run
@@ -176,7 +194,8 @@ def test_finetuned_model_directory_serves_predict_and_export(sst2_run, tmp_path)
     dev_file = tmp_path / "dev.tsv"
     dev_file.write_text("".join((GLUE / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines(True)[:49]))
     output = tmp_path / "out" / "predictions.tsv"
-    result = run_cli("predict", "--checkpoint", str(model), "--input", str(dev_file), "--output", str(output))
+    result = run_cli("predict", "--checkpoint", str(model), "--input", str(dev_file), "--output", str(output),
+                     "--batch_size=32", f"--compilation_cache={compilation_cache}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dev.tsv: 48 examples from 48 records, 0 skipped" in result.stdout
     written = read_tsv(workdir / "predictions" / "sst2_validation.tsv")
@@ -186,9 +205,8 @@ def test_finetuned_model_directory_serves_predict_and_export(sst2_run, tmp_path)
     assert f"accuracy={accuracy:.4f}" in result.stdout
 
     # A checkpoint fine-tuned for one task refuses another.
-    wrong = run_cli("predict", "--checkpoint", str(model), "--task", "cola", "--input", str(dev_file),
-                    "--output", str(tmp_path / "x.tsv"))
-    assert wrong.returncode == 1 and "fine-tuned for 'sst2', not 'cola'" in wrong.stderr
+    with pytest.raises(ValueError, match="fine-tuned for 'sst2', not 'cola'"):
+        finetune.predict(str(model), str(dev_file), str(tmp_path / "x.tsv"), task_name="cola")
 
     # export-hf reads it: transformers' BertForSequenceClassification gives the same logits.
     import torch
@@ -228,7 +246,7 @@ def test_finetune_cli_rejects_a_bad_config_in_one_line(tiny_model, tmp_path):
 def test_cola_reports_matthews_correlation(tiny_model, tmp_path):
     from sklearn.metrics import matthews_corrcoef
 
-    config = tiny_config("cola", tiny_model, source=str(GLUE / "CoLA"), max_seq_length=32)
+    config = tiny_config("cola", tiny_model, source=str(GLUE / "CoLA"))
     result = finetune.train_and_evaluate(config, str(tmp_path / "cola"))
     assert_loss_falls(tmp_path / "cola", factor=0.8)  # CoLA is 70% acceptable: the prior alone lowers the loss
     rows = read_tsv(tmp_path / "cola" / "predictions" / "cola_validation.tsv")
@@ -275,6 +293,48 @@ def test_rte_sentence_pairs(tiny_model, tmp_path):
     assert result["metrics"]["accuracy"] == pytest.approx(np.mean([r["prediction"] == r["label"] for r in rows]))
     assert "test.tsv" not in os.listdir(GLUE / "RTE")  # no test split in the folder: no submission file, no error
     assert not (tmp_path / "rte" / "predictions" / "RTE.tsv").exists()
+
+
+def mnli_folder(directory: Path) -> Path:
+    """A miniature MNLI folder in GLUE's layout (the real one is not available offline)."""
+    header = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t" \
+             "sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n"
+    pairs = [("The cat sat on the mat.", "A cat is sitting.", "entailment"),
+             ("The cat sat on the mat.", "The dog is running.", "contradiction"),
+             ("A man plays the guitar.", "The man is a musician.", "neutral"),
+             ("A man plays the guitar.", "Nobody is playing.", "contradiction")]
+    directory.mkdir()
+    for name in ("train.tsv", "dev_matched.tsv", "dev_mismatched.tsv"):
+        rows = [f"{i}\t0\t0\tfiction\t-\t-\t-\t-\t{a}\t{b}\t{label}\t{label}\n"
+                for i, (a, b, label) in enumerate(pairs)]
+        (directory / name).write_text(header + "".join(rows), encoding="utf-8")
+    return directory
+
+
+def test_mnli_is_scored_on_matched_and_mismatched_dev(tiny_model, tmp_path):
+    """Both dev sets are read from the folder (or from two files, in order); the best checkpoint is picked on the
+    first (matched), the second's metrics are prefixed with its split name."""
+    from bert_jax.tasks import get_task
+    from bert_jax.tokenizer import load_tokenizer
+
+    folder = mnli_folder(tmp_path / "MNLI")
+    config = finetune.validate_config(tiny_config("mnli", tiny_model, source=str(folder)))
+    task, train, dev, test = finetune.load_data(config, get_task("mnli"), load_tokenizer(str(VOCAB)))
+    assert [split.name for split in dev] == ["validation_matched", "validation_mismatched"] and test == []
+    # run_classifier.py's label order: contradiction, entailment, neutral
+    assert list(train.features["labels"]) == [1, 0, 2, 0]
+
+    def outputs_of(split):  # right on matched, wrong on mismatched
+        right = np.eye(3)[split.features["labels"]]
+        return {"logits": right if split.name == "validation_matched" else 1 - right}
+
+    metrics, predictions = finetune.evaluate_splits(task, dev, outputs_of, {})
+    assert metrics == {"accuracy": 1.0, "validation_mismatched_accuracy": 0.0}
+    assert task.best_metric == "accuracy"
+
+    files = f"{folder / 'dev_matched.tsv'},{folder / 'dev_mismatched.tsv'}"
+    config = finetune.validate_config(tiny_config("mnli", tiny_model, train=str(folder / "train.tsv"), dev=files))
+    assert finetune.load_data(config, task, load_tokenizer(str(VOCAB)))[2][1].name == "validation_mismatched"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -340,6 +400,13 @@ def test_squad_v1_spans(tiny_model, tmp_path):
     f1 = 100 * np.mean([token_f1(predictions[q], answers) for q, (_, answers) in questions.items()])
     assert result["metrics"]["f1"] == pytest.approx(f1)
 
+    # predict on the same questions: the answers JSON at the path asked for, the n-best list beside it.
+    output = tmp_path / "out" / "answers.json"
+    predicted = finetune.predict(str(tmp_path / "squad" / "model"), str(paths["eval"]), str(output), batch_size=32)
+    assert predicted["paths"] == [str(output), str(tmp_path / "out" / "answers.nbest_predictions.json")]
+    assert json.loads(output.read_text()) == predictions
+    assert predicted["metrics"]["f1"] == pytest.approx(f1)
+
 
 def conll_subset(source: Path, target: Path, sentences: int):
     blocks = source.read_text(encoding="utf-8").split("\n\n")
@@ -365,6 +432,16 @@ def test_conll2003_tagging(tiny_model, tmp_path):
     accuracy = np.mean([ours[-1] == ours[-2] for ours in tagged])
     assert result["metrics"]["accuracy"] == pytest.approx(accuracy)
     assert {"precision", "recall", "f1", "accuracy", "PER_f1", "LOC_f1"} <= set(result["metrics"])
+
+    # predict on the bare words (one per line, unlabeled): the same tags, appended to each word.
+    words = tmp_path / "words.txt"
+    words.write_text("\n".join(line.split()[0] if line.strip() else "" for line in dev.read_text().splitlines()))
+    predicted = finetune.predict(str(tmp_path / "ner" / "model"), str(words), str(tmp_path / "tags.txt"),
+                                 batch_size=32)
+    assert predicted["metrics"] is None  # nothing to score against
+    lines = [line.split() for line in (tmp_path / "tags.txt").read_text().splitlines()
+             if line and not line.startswith("-DOCSTART-")]
+    assert lines == [[ours[0], ours[-1]] for ours in tagged]
 
 
 SWAG_HEADER = ["", "video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
@@ -401,7 +478,8 @@ def test_swag_multiple_choice(tiny_model, tmp_path):
         gold = list(csv.DictReader(f))
     assert [r["fold-ind"] for r in rows] == [g["fold-ind"] for g in gold]
     assert {r["label"] for r in rows} <= {"0", "1", "2", "3"}
-    assert result["metrics"]["accuracy"] == pytest.approx(np.mean([r["label"] == g["label"] for r, g in zip(rows, gold)]))
+    accuracy = np.mean([r["label"] == g["label"] for r, g in zip(rows, gold)])
+    assert result["metrics"]["accuracy"] == pytest.approx(accuracy)
 
 
 def classify_files(directory: Path):
@@ -430,7 +508,7 @@ def classify_files(directory: Path):
 
 def test_classify_own_files(tiny_model, tmp_path, capsys):
     data = classify_files(tmp_path / "data")
-    config = tiny_config("classify", tiny_model, source=str(data), max_seq_length=16, max_train_examples=0)
+    config = tiny_config("classify", tiny_model, source=str(data), max_train_examples=0)
     result = finetune.train_and_evaluate(config, str(tmp_path / "classify"))
     out = capsys.readouterr().out
     assert "train.jsonl: 32 examples from 33 records, 1 skipped" in out
@@ -443,6 +521,30 @@ def test_classify_own_files(tiny_model, tmp_path, capsys):
     assert result["metrics"]["accuracy"] == pytest.approx(np.mean([r["prediction"] == r["label"] for r in rows]))
     record = json.loads((tmp_path / "classify" / "model" / "finetune.json").read_text())
     assert record["task_options"]["labels"] == ["neg", "pos"] and record["task_options"]["text_column"] == "text"
+
+
+def test_sigterm_then_resume_gives_the_uninterrupted_model(tiny_model, tmp_path, capsys):
+    """Stopped by SIGTERM at step 10 (checkpoint saved), then resumed: the same batches (the permutation of epoch
+    11 on), the same dropout, the same evaluations, hence bit for bit the same model as an uninterrupted run."""
+    import signal
+
+    from bert_jax.pretrained import load_pretrained
+
+    data = classify_files(tmp_path / "data")
+    config = tiny_config("classify", tiny_model, source=str(data), max_train_examples=0)
+    whole = finetune.train_and_evaluate(config, str(tmp_path / "whole"))
+
+    def stop_at_step_10(step, state):
+        if step == 10:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = finetune.train_and_evaluate(config, str(tmp_path / "resumed"), hooks=[stop_at_step_10])
+    assert int(stopped["state"].step) == 10 and stopped["predictions"] == []
+    resumed = finetune.train_and_evaluate(config, str(tmp_path / "resumed"))
+    assert "resuming from the checkpoint at step 10" in capsys.readouterr().out
+    assert resumed["best"] == whole["best"] and resumed["metrics"] == whole["metrics"]
+    ours, theirs = (load_pretrained(tmp_path / name / "model").params for name in ("resumed", "whole"))
+    jax.tree.map(np.testing.assert_array_equal, ours, theirs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -605,7 +707,7 @@ def test_training_steps_follow_run_classifier(tiny_model):
     ("data.dev", "/nonexistent/dev.tsv", "config.data.dev='/nonexistent/dev.tsv': no such file or folder"),
     ("task.name", "glue", "config.task: unknown task 'glue'"),
     ("task.text_column", "review", "config.task.text_column='review': only the classify task takes this option"),
-    ("train.batch_size", "32", "config.train.batch_size='32': expected a int"),
+    ("train.batch_size", "32", "config.train.batch_size='32': expected an integer"),
     ("optimizer.warmup_fraction", 1.5, "config.optimizer.warmup_fraction=1.5: must be in [0, 1)"),
 ])
 def test_config_errors_name_the_key(key, value, message, tiny_model):
@@ -638,7 +740,8 @@ def test_mismatched_checkpoints_are_clear_errors(tiny_model, tmp_path):
     # Sequences longer than the position table.
     with pytest.raises(ValueError, match=r"config.data.max_seq_length=256: longer than the checkpoint's "
                                          r"max_position_embeddings=128"):
-        finetune.prepare(tiny_config("classify", tiny_model, source=str(data), max_seq_length=256), str(tmp_path / "w3"))
+        finetune.prepare(tiny_config("classify", tiny_model, source=str(data), max_seq_length=256),
+                         str(tmp_path / "w3"))
     # Resuming a workdir whose checkpoint holds the 64-wide model with a 32-wide init checkpoint.
     setup = finetune.prepare(tiny_config("classify", tiny_model, source=str(data)), str(tmp_path / "w4"))
     try:
