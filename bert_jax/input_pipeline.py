@@ -56,12 +56,17 @@ skipped). Offline mode needs TFRecords written at the new length.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import random
 import struct
+import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -232,15 +237,15 @@ class _FileShard:
 class _TfdsShard:
     """This host's even slice of a TFDS split; `Position.offset` is the example index within the slice."""
 
-    def __init__(self, spec: PipelineSpec, stats: text_reader.ReadStats):
-        self.spec, self.stats = spec, stats
+    def __init__(self, spec: PipelineSpec, source: "_Source"):
+        self.spec, self.source = spec, source
 
     def iterate(self, read, start: Position):
         del read
         for doc in text_reader.iter_tfds_documents(
             self.spec.tfds_name, split=self.spec.tfds_split, data_dir=self.spec.tfds_data_dir,
             text_key=self.spec.tfds_text_key, process_index=self.spec.process_index,
-            process_count=self.spec.process_count, start=start.offset, stats=self.stats,
+            process_count=self.spec.process_count, start=start.offset, stats=self.source.read_stats,
         ):
             yield doc, Position(start.epoch, 0, doc.end_offset, 0)
 
@@ -253,16 +258,14 @@ class _TfdsShard:
 # ----------------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class _Block:
-    number: int  # global block number on this host; seeds the block's RNG
-    start: Position
-    arrays: dict[str, np.ndarray]  # per-example rows
-
-
 class _Source:
-    """The Python half of a pipeline: blocks of examples from a position, and the registry of where
-    each block started (what `get_state` needs)."""
+    """The Python half of a pipeline: this host's items grouped into numbered blocks, the registry of
+    where each block started (what `get_state` needs), and the pairing of a tokenized block.
+
+    Nothing here runs TensorFlow ops: the generator and the pairing run inside tf.data (from_generator,
+    numpy_function), and a tf.data thread caught inside an eager op at interpreter exit hangs the
+    process. Tokenization is a graph stage between the two.
+    """
 
     def __init__(self, spec: PipelineSpec, tokenizer=None):
         self.spec = spec
@@ -270,14 +273,14 @@ class _Source:
         self.generation_stats = pdata.GenerationStats()
         self.block_starts: dict[int, Position] = {}
         if spec.tfds_name is not None:
-            self.shard = _TfdsShard(spec, self.read_stats)
+            self.shard = _TfdsShard(spec, self)
         else:
             self.shard = _FileShard(spec.files, spec)
         if spec.mode == "streaming":
             if tokenizer is None:
                 raise ValueError("mode='streaming' needs a tokenizer")
+            self.tokenizer = tokenizer
             self.vocab = pdata.VocabInfo.from_tokenizer(tokenizer)
-            self.sentence_tokenizer = pdata.SentenceTokenizer(tokenizer)
 
     # -- reading items ------------------------------------------------------------------------------
 
@@ -290,31 +293,37 @@ class _Source:
 
     def check_not_empty(self) -> None:
         """Fails early, naming the input, when this host's shard holds no item at all."""
-        for _ in self.shard.iterate(self._read(), Position()):
-            return
-        raise ValueError(
-            f"no usable {'record' if self.spec.mode == 'offline' else 'document'} for process "
-            f"{self.spec.process_index}/{self.spec.process_count} in {self.shard.describe()}: "
-            + self.read_stats.describe_skips()
-        )
+        counted, self.read_stats = self.read_stats, text_reader.ReadStats()  # a look ahead, not a pass
+        try:
+            for _ in self.shard.iterate(self._read(), Position()):
+                return
+            raise ValueError(
+                f"no usable {'record' if self.spec.mode == 'offline' else 'document'} for process "
+                f"{self.spec.process_index}/{self.spec.process_count} in {self.shard.describe()}: "
+                + self.read_stats.describe_skips()
+            )
+        finally:
+            self.read_stats = counted
 
     # -- blocks -------------------------------------------------------------------------------------
 
-    def blocks(self, start: Position, number: int) -> Iterator[_Block]:
+    def blocks(self, start: Position, number: int) -> Iterator[tuple[int, list]]:
+        """(block number, items) from `start`, epoch after epoch when repeating."""
         spec = self.spec
         epoch_start = start
+        self._register(number, start)
         while True:
             items: list = []
-            block_start = epoch_start
             produced = 0
             for item, after in self.shard.iterate(self._read(), epoch_start):
                 items.append(item)
                 if len(items) == spec.block_size:
-                    yield self._make_block(number, block_start, items)
+                    yield number, items
                     produced += len(items)
-                    number, block_start, items = number + 1, after, []
+                    number, items = number + 1, []
+                    self._register(number, after)
             if items:
-                yield self._make_block(number, block_start, items)
+                yield number, items
                 produced += len(items)
                 number += 1
             if not spec.repeat:
@@ -323,77 +332,133 @@ class _Source:
                 raise ValueError(f"a whole epoch of {self.shard.describe()} produced nothing: "
                                  + self.read_stats.describe_skips())
             epoch_start = Position(epoch_start.epoch + 1)
+            self._register(number, epoch_start)
 
-    def _make_block(self, number: int, start: Position, items: list) -> _Block:
+    def _register(self, number: int, start: Position) -> None:
         self.block_starts[number] = start
-        for old in [n for n in self.block_starts if n < number - 4096]:  # bounded: prefetch is shallow
-            del self.block_starts[old]
-        rng = random.Random(_block_seed(self.spec, number))
-        if self.spec.mode == "offline":
-            if self.spec.shuffle:
-                rng.shuffle(items)
-            return _Block(number, start, {"serialized": np.array(items, dtype=object)})
-        tokenized = pdata.tokenize_documents(items, self.sentence_tokenizer, self.spec.config, self.generation_stats)
-        instances = pdata.create_training_instances(
-            tokenized, self.spec.config, self.vocab, rng, dupe_factor=self.spec.dupe_factor,
-            mask=not self.spec.dynamic_masking, stats=self.generation_stats,
-        )
-        return _Block(number, start, _instances_to_arrays(instances, self.spec, self.vocab))
+        self.block_starts.pop(number - 4096, None)  # bounded: tf.data runs only a few blocks ahead
 
-    # -- batches ------------------------------------------------------------------------------------
+    def elements(self, state: dict) -> Iterator[dict[str, np.ndarray]]:
+        """`_elements`, with each step bracketed for `_ExitGuard` (and none after interpreter exit began)."""
+        inner = self._elements(state)
+        while True:
+            with _EXIT_GUARD.python_call():
+                if _EXIT_GUARD.stopping:
+                    return
+                try:
+                    element = next(inner)
+                except StopIteration:
+                    return
+            yield element
 
-    def batches(self, state: dict) -> Iterator[dict[str, np.ndarray]]:
-        """Batches of `batch_size` rows from `state`, with per-row bookkeeping (_key, _block, _index)."""
+    def _elements(self, state: dict) -> Iterator[dict[str, np.ndarray]]:
+        """The generator of the pipeline: one element per block, from the position in `state`.
+
+        offline:   the block's serialized records (shuffled), with their block number and index;
+        streaming: the block's sentences, the sentence index where each document starts, the block
+                   number, and how many of its instances to skip (non-zero for a resumed block only).
+        """
         start = Position(state["epoch"], state["cursor"], state["offset"], state["ordinal"])
-        skip, key = state["skip"], state["example"]
-        pending: list[dict[str, np.ndarray]] = []
-        pending_rows = 0
-        size = self.spec.batch_size
-        for block in self.blocks(start, state["block"]):
-            n = _num_rows(block.arrays)
-            first = skip if block.number == state["block"] else 0
-            if first >= n:
+        for number, items in self.blocks(start, state["block"]):
+            skip = state["skip"] if number == state["block"] else 0
+            if self.spec.mode == "offline":
+                if self.spec.shuffle:
+                    random.Random(_block_seed(self.spec, number)).shuffle(items)
+                if skip < len(items):
+                    yield {"serialized": np.array(items[skip:], dtype=object),
+                           "_block": np.full([len(items) - skip], number, np.int64),
+                           "_index": np.arange(skip, len(items), dtype=np.int64)}
                 continue
-            rows = {k: v[first:] for k, v in block.arrays.items()}
-            count = n - first
-            rows["_key"] = np.arange(key, key + count, dtype=np.int64)
-            rows["_block"] = np.full([count], block.number, np.int64)
-            rows["_index"] = np.arange(first, n, dtype=np.int64)
-            key += count
-            pending.append(rows)
-            pending_rows += count
-            while pending_rows >= size:
-                batch, pending = _take_rows(pending, size)
-                pending_rows -= size
-                yield batch
-        if pending_rows and not self.spec.drop_remainder:
-            yield _take_rows(pending, pending_rows)[0]
+            doc_splits = np.zeros([len(items) + 1], np.int64)
+            np.cumsum([len(d.sentences) for d in items], out=doc_splits[1:])
+            yield {"sentences": np.array([s for d in items for s in d.sentences], dtype=object),
+                   "doc_splits": doc_splits, "block": np.int64(number), "skip": np.int64(skip)}
+
+    def pair_block(self, ids, splits, doc_splits, number, skip):
+        """numpy_function body: a tokenized block -> rows of NSP pairs (SPEC §1), from instance `skip` on."""
+        with _EXIT_GUARD.python_call():
+            if _EXIT_GUARD.stopping:
+                ids, splits, doc_splits = ids[:0], splits[:1], doc_splits[:1]  # nothing more, quickly
+            return self._pair_block(ids, splits, doc_splits, number, skip)
+
+    def _pair_block(self, ids, splits, doc_splits, number, skip):
+        documents = pdata.documents_from_ids(ids, splits, doc_splits, self.spec.config, self.generation_stats)
+        rng = random.Random(_block_seed(self.spec, int(number)))
+        instances = pdata.create_training_instances(
+            documents, self.spec.config, self.vocab, rng, dupe_factor=self.spec.dupe_factor,
+            mask=not self.spec.dynamic_masking, stats=self.generation_stats,
+        )[int(skip):]
+        arrays = _instances_to_arrays(instances, self.spec, self.vocab)
+        arrays["_block"] = np.full([len(instances)], number, np.int64)
+        arrays["_index"] = np.arange(int(skip), int(skip) + len(instances), dtype=np.int64)
+        return [arrays[name] for name in _pair_names(self.spec)]
+
+
+class _ExitGuard:
+    """Lets a process exit while pipelines are running.
+
+    With TensorFlow 2.21, a tf.data pipeline whose Python stages (from_generator, numpy_function) are busy
+    when the interpreter finalizes can hang the process forever. At exit (an atexit hook registered after
+    TensorFlow is imported, so it runs before TensorFlow's own) this closes the live PretrainingIterators,
+    makes every further Python stage call return at once, and waits until none has run for a moment.
+    """
+
+    QUIET_SECONDS = 0.2
+    MAX_WAIT_SECONDS = 10.0
+
+    def __init__(self):
+        self.stopping = False
+        self._lock = threading.Lock()
+        self._active = 0
+        self._last_change = time.monotonic()
+        self._iterators: "weakref.WeakSet[PretrainingIterator]" = weakref.WeakSet()
+        self._registered = False
+
+    @contextlib.contextmanager
+    def python_call(self):
+        with self._lock:
+            self._active += 1
+            self._last_change = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._last_change = time.monotonic()
+
+    def watch(self, iterator=None) -> None:
+        if iterator is not None:
+            self._iterators.add(iterator)
+        if not self._registered:
+            import tensorflow  # noqa: F401  (so that this hook runs before TensorFlow's)
+
+            atexit.register(self.quiesce)
+            self._registered = True
+
+    def quiesce(self) -> None:
+        self.stopping = True
+        for iterator in list(self._iterators):
+            iterator.close()
+        deadline = time.monotonic() + self.MAX_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._active == 0 and time.monotonic() - self._last_change > self.QUIET_SECONDS:
+                    return
+            time.sleep(0.02)
+
+
+_EXIT_GUARD = _ExitGuard()
+
+
+def _pair_names(spec: PipelineSpec) -> list[str]:
+    names = ["input_ids", "segment_ids", "lengths", "next_sentence_labels", "_block", "_index"]
+    if not spec.dynamic_masking:
+        names += ["masked_lm_positions", "masked_lm_ids", "masked_lm_weights"]
+    return names
 
 
 def _block_seed(spec: PipelineSpec, number: int) -> int:
     return int(np.random.SeedSequence([spec.seed, spec.process_index, number]).generate_state(1, np.uint64)[0])
-
-
-def _num_rows(arrays: Mapping[str, np.ndarray]) -> int:
-    return len(next(iter(arrays.values())))
-
-
-def _take_rows(pending: list[dict], size: int) -> tuple[dict, list[dict]]:
-    """The first `size` rows of a list of row-dicts, and what is left."""
-    taken, rest, need = [], [], size
-    for rows in pending:
-        n = _num_rows(rows)
-        if need == 0:
-            rest.append(rows)
-        elif n <= need:
-            taken.append(rows)
-            need -= n
-        else:
-            taken.append({k: v[:need] for k, v in rows.items()})
-            rest.append({k: v[need:] for k, v in rows.items()})
-            need = 0
-    batch = {k: np.concatenate([r[k] for r in taken]) for k in taken[0]}
-    return batch, rest
 
 
 def _instances_to_arrays(instances, spec: PipelineSpec, vocab: pdata.VocabInfo) -> dict[str, np.ndarray]:
@@ -456,27 +521,6 @@ def _initial_state(spec: PipelineSpec) -> dict:
     return {"epoch": 0, "cursor": 0, "offset": 0, "ordinal": 0, "block": 0, "skip": 0, "example": 0}
 
 
-def _signature(spec: PipelineSpec) -> dict:
-    import tensorflow as tf
-
-    seq, preds = spec.config.max_seq_length, spec.config.max_predictions_per_seq
-    meta = {name: tf.TensorSpec([None], tf.int64) for name in ("_key", "_block", "_index")}
-    if spec.mode == "offline":
-        return {"serialized": tf.TensorSpec([None], tf.string), **meta}
-    signature = {
-        "input_ids": tf.TensorSpec([None, seq], tf.int32),
-        "segment_ids": tf.TensorSpec([None, seq], tf.int32),
-        "lengths": tf.TensorSpec([None], tf.int32),
-        "next_sentence_labels": tf.TensorSpec([None], tf.int32),
-        **meta,
-    }
-    if not spec.dynamic_masking:
-        signature["masked_lm_positions"] = tf.TensorSpec([None, preds], tf.int32)
-        signature["masked_lm_ids"] = tf.TensorSpec([None, preds], tf.int32)
-        signature["masked_lm_weights"] = tf.TensorSpec([None, preds], tf.float32)
-    return signature
-
-
 def _finish_fn(spec: PipelineSpec, vocab: pdata.VocabInfo | None):
     """The in-graph half: parse records (offline) or mask (streaming), then the seven features."""
     import tensorflow as tf
@@ -518,15 +562,50 @@ def _finish_fn(spec: PipelineSpec, vocab: pdata.VocabInfo | None):
 
 
 def _build_dataset(source: _Source, state: dict, with_meta: bool):
+    """generator (Python) -> [tokenize (graph) -> pair (numpy_function)] -> rows -> batches -> mask/parse."""
     import tensorflow as tf
 
     spec = source.spec
-    ds = tf.data.Dataset.from_generator(lambda: source.batches(state), output_signature=_signature(spec))
-    ds = ds.map(_finish_fn(spec, getattr(source, "vocab", None)), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
+    config = spec.config
+    seq, preds = config.max_seq_length, config.max_predictions_per_seq
+    _EXIT_GUARD.watch()
+    if spec.mode == "offline":
+        signature = {"serialized": tf.TensorSpec([None], tf.string), "_block": tf.TensorSpec([None], tf.int64),
+                     "_index": tf.TensorSpec([None], tf.int64)}
+        rows = tf.data.Dataset.from_generator(lambda: source.elements(state), output_signature=signature).unbatch()
+    else:
+        signature = {"sentences": tf.TensorSpec([None], tf.string), "doc_splits": tf.TensorSpec([None], tf.int64),
+                     "block": tf.TensorSpec([], tf.int64), "skip": tf.TensorSpec([], tf.int64)}
+        blocks = tf.data.Dataset.from_generator(lambda: source.elements(state), output_signature=signature)
+        graph_tokenizer = pdata.graph_tokenizer_for(source.tokenizer)
+
+        def tokenize(block):
+            ragged = graph_tokenizer.tokenize(block["sentences"])  # [S, (tokens)]
+            return {"ids": tf.cast(ragged.flat_values, tf.int32), "splits": tf.cast(ragged.row_splits, tf.int64),
+                    "doc_splits": block["doc_splits"], "block": block["block"], "skip": block["skip"]}
+
+        names = _pair_names(spec)
+        shapes = {"input_ids": [None, seq], "segment_ids": [None, seq], "masked_lm_positions": [None, preds],
+                  "masked_lm_ids": [None, preds], "masked_lm_weights": [None, preds]}
+        types = {"masked_lm_weights": tf.float32, "_block": tf.int64, "_index": tf.int64}
+
+        def pair(block):
+            outputs = tf.numpy_function(
+                source.pair_block, [block["ids"], block["splits"], block["doc_splits"], block["block"], block["skip"]],
+                [types.get(name, tf.int32) for name in names], stateful=False,
+            )
+            return {name: tf.ensure_shape(x, shapes.get(name, [None])) for name, x in zip(names, outputs)}
+
+        blocks = blocks.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        rows = blocks.map(pair).unbatch()  # pairing is sequential Python: one block at a time
+    # Each example's key (its index in this host's stream) fixes its dynamic mask.
+    rows = rows.enumerate(start=state["example"]).map(lambda key, row: {**row, "_key": key})
+    batches = rows.batch(spec.batch_size, drop_remainder=spec.drop_remainder)
+    batches = batches.map(_finish_fn(spec, getattr(source, "vocab", None)), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
     if not with_meta:
-        ds = ds.map(lambda batch: {k: v for k, v in batch.items() if not k.startswith(_META_PREFIX)})
-    return ds.prefetch(tf.data.AUTOTUNE)
+        batches = batches.map(lambda batch: {k: v for k, v in batch.items() if not k.startswith(_META_PREFIX)})
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def make_pretraining_dataset(
@@ -649,6 +728,7 @@ class PretrainingIterator:
         _check_offline_records(self.spec)
         self._state = _initial_state(self.spec)
         self._iterator = None
+        _EXIT_GUARD.watch(self)
 
     @property
     def read_stats(self) -> text_reader.ReadStats:
@@ -670,6 +750,16 @@ class PretrainingIterator:
         self._state = {"epoch": start.epoch, "cursor": start.cursor, "offset": start.offset,
                        "ordinal": start.ordinal, "block": block, "skip": index + 1, "example": key + 1}
         return {k: v for k, v in batch.items() if not k.startswith(_META_PREFIX)}
+
+    def close(self) -> None:
+        """Stops the underlying tf.data iterator (its threads); `next` starts it again from the position."""
+        self._iterator = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def get_state(self) -> dict:
         """The position after the last batch returned: a dict of ints and strings (JSON-serialisable)."""

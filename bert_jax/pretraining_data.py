@@ -326,20 +326,27 @@ def create_training_instances(
 # ----------------------------------------------------------------------------------------------------
 
 
+def graph_tokenizer_for(tokenizer):
+    """The in-graph twin of `tokenizer` (bert_jax.graph_tokenizer, tensorflow-text: the same ids), built once
+    per vocabulary and casing in a process: building one takes seconds."""
+    from bert_jax import graph_tokenizer
+
+    key = (type(tokenizer).__name__, getattr(tokenizer, "source_file", id(tokenizer)), tokenizer.lower_case)
+    if key not in _GRAPH_TOKENIZERS:
+        _GRAPH_TOKENIZERS[key] = graph_tokenizer.make_graph_tokenizer(tokenizer)
+    return _GRAPH_TOKENIZERS[key]
+
+
+_GRAPH_TOKENIZERS: dict = {}
+
+
 class SentenceTokenizer:
-    """Sentences -> token ids in one batched call: in-graph (bert_jax.graph_tokenizer, tensorflow-text)
-    when available, else the Python tokenizer. Both give the same ids."""
+    """Sentences -> token ids in one batched call, in-graph (`graph_tokenizer_for`) or with the Python
+    tokenizer (`use_graph=False`). Both give the same ids."""
 
     def __init__(self, tokenizer, use_graph: bool = True):
         self.tokenizer = tokenizer
-        self._graph = None
-        if use_graph:
-            try:
-                from bert_jax import graph_tokenizer
-            except ImportError:  # not built yet in this checkout: the Python tokenizer gives the same ids
-                graph_tokenizer = None
-            if graph_tokenizer is not None:
-                self._graph = _cached_graph_tokenizer(tokenizer, graph_tokenizer.make_graph_tokenizer)
+        self._graph = graph_tokenizer_for(tokenizer) if use_graph else None
 
     @property
     def in_graph(self) -> bool:
@@ -361,43 +368,41 @@ class SentenceTokenizer:
         return flat, splits
 
 
-_GRAPH_TOKENIZERS: dict = {}
-
-
-def _cached_graph_tokenizer(tokenizer, make):
-    """One in-graph tokenizer per vocabulary and casing in a process: building one takes seconds."""
-    key = (type(tokenizer).__name__, getattr(tokenizer, "source_file", id(tokenizer)), tokenizer.lower_case)
-    if key not in _GRAPH_TOKENIZERS:
-        _GRAPH_TOKENIZERS[key] = make(tokenizer)
-    return _GRAPH_TOKENIZERS[key]
-
-
 def tokenize_documents(
     documents: Sequence[text_reader.Document],
     sentence_tokenizer: SentenceTokenizer,
     config: InstanceConfig,
     stats: GenerationStats,
 ) -> list[TokenizedDocument]:
-    """Documents of text -> documents of id lists; sentences and documents without tokens are dropped
-    (and counted), as in the original reader."""
-    sentences = [s for d in documents for s in d.sentences]
-    flat, splits = sentence_tokenizer(sentences)
+    """Documents of text -> documents of id lists (see `documents_from_ids`)."""
+    flat, splits = sentence_tokenizer([s for d in documents for s in d.sentences])
+    doc_splits = np.zeros([len(documents) + 1], np.int64)
+    np.cumsum([len(d.sentences) for d in documents], out=doc_splits[1:])
+    return documents_from_ids(flat, splits, doc_splits, config, stats)
+
+
+def documents_from_ids(
+    flat: np.ndarray, splits: np.ndarray, doc_splits: np.ndarray, config: InstanceConfig, stats: GenerationStats
+) -> list[TokenizedDocument]:
+    """Flat token ids of a batch of sentences -> documents of id lists.
+
+    `splits` [S + 1]: where each sentence's ids start in `flat`; `doc_splits` [D + 1]: where each document's
+    sentences start. Sentences and documents without tokens are dropped (and counted), as in the original.
+    """
     lengths = np.diff(splits)
-    per_sentence = np.split(flat, splits[1:-1]) if len(sentences) else []
+    per_sentence = np.split(np.asarray(flat), splits[1:-1]) if len(lengths) else []
     result = []
-    k = 0
-    for doc in documents:
-        n = len(doc.sentences)
-        tokenized = [per_sentence[k + j].tolist() for j in range(n) if lengths[k + j] > 0]
-        doc_lengths = lengths[k : k + n]
-        k += n
-        stats.skipped_sentences_without_tokens += n - len(tokenized)
+    for d in range(len(doc_splits) - 1):
+        first, last = int(doc_splits[d]), int(doc_splits[d + 1])
+        doc_lengths = lengths[first:last]
+        tokenized = [per_sentence[k].tolist() for k in range(first, last) if lengths[k] > 0]
+        stats.skipped_sentences_without_tokens += (last - first) - len(tokenized)
         if not tokenized:
             stats.skipped_documents_without_tokens += 1
             continue
+        num_tokens = int(doc_lengths.sum())
         stats.documents += 1
         stats.sentences += len(tokenized)
-        num_tokens = int(doc_lengths.sum())
         stats.tokens += num_tokens
         stats.one_sentence_documents += len(tokenized) == 1
         stats.one_token_documents += num_tokens == 1
