@@ -180,3 +180,39 @@ def test_keep_last_k_plus_every_m():
             restored, data = checkpointer.restore(10, {"w": target})
             np.testing.assert_array_equal(restored["w"], np.full(3, 10, np.float32))
             assert data == {"phase": 0}
+
+
+def test_continued_pretraining_starts_from_a_model_directory(tmp_path, compile_cache):
+    """train.init_checkpoint: the weights of a bert_jax model directory (what `convert` writes) are the start."""
+    from bert_jax.model import BertForPreTraining, init_params
+    from bert_jax.pretrained import save_pretrained
+    from bert_jax.tokenizer import WordPieceTokenizer
+
+    config = tiny_config(num_steps=20)
+    bert = pretrain.model_config(pretrain.validate_config(config))
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(123)]) + "\n")
+    params = jax.device_get(jax.jit(lambda rng: init_params(BertForPreTraining(bert), rng))(jax.random.PRNGKey(7)))
+    save_pretrained(tmp_path / "model", bert, params, WordPieceTokenizer(str(vocab)))
+    expected = {"/".join(str(k.key) for k in p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+
+    seen = {}
+
+    class Enough(Exception):
+        pass
+
+    def after_first_step(step, state):
+        if step == 1:  # the learning rate of step 0 is 0: the weights are still exactly the loaded ones
+            seen.update(flat_params(state))
+            raise Enough
+
+    config.train.init_checkpoint = str(tmp_path / "model")
+    with pytest.raises(Enough):
+        pretrain.train_and_evaluate(config, str(tmp_path / "run"), hooks=[after_first_step])
+    assert set(seen) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(seen[name], value, err_msg=name)
+
+    config.model.size = "mini"
+    with pytest.raises(ValueError, match="init_checkpoint=.*hidden_size=128 differs from this config's 256"):
+        pretrain.train_and_evaluate(config, str(tmp_path / "run2"))

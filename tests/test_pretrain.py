@@ -44,11 +44,12 @@ def test_pretrain_command_on_the_builtin_corpus(tmp_path):
               " {'fraction': 0.2, 'seq_length': 128, 'batch_size': 8, 'max_predictions': 20})")
     command = [sys.executable, "-m", "bert_jax", "pretrain", f"--workdir={workdir}",
                "--config.train.num_steps=50", "--config.optimizer.warmup_steps=5", "--config.train.log_every=5",
-               "--config.train.checkpoint_every=25", "--config.train.eval_every=25", "--config.train.eval_batches=2",
-               "--config.data.builtin_max_documents=300", "--config.data.builtin_vocab_size=2000",
+               "--config.train.checkpoint_every=25", "--config.train.eval_every=50", "--config.train.eval_batches=2",
+               "--config.data.builtin_max_documents=150", "--config.data.builtin_vocab_size=2000",
                f"--config.phases={phases}"]
-    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, PYTHONPATH=REPO))
+    # XLA's backend optimisation level 0 halves compile time (three programs here); numerics are not compared.
+    env = dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS="--xla_backend_optimization_level=0")
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
 
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
@@ -58,14 +59,14 @@ def test_pretrain_command_on_the_builtin_corpus(tmp_path):
     losses = [r["loss"] for r in train]
     assert all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < losses[0] - 1.0, losses  # falling from ~ln(2000) + ln(2) = 8.3
-    assert [r["step"] for r in evals] == [25, 50] and all(np.isfinite(r["eval_loss"]) for r in evals)
+    assert [r["step"] for r in evals] == [50] and all(np.isfinite(r["eval_loss"]) for r in evals)
     for key in ("mlm_accuracy", "nsp_accuracy", "learning_rate", "grad_norm", "seq_per_sec", "tokens_per_sec", "mfu"):
         assert key in train[-1], key
     assert train[-1]["tokens_per_sec"] == pytest.approx(train[-1]["seq_per_sec"] * 128)  # the second phase
 
     assert sorted(os.listdir(workdir / "checkpoints")) == ["25", "50"]
     tags = read_events(workdir / "tensorboard")
-    assert tags["train/loss"] == list(range(5, 51, 5)) and tags["eval/loss"] == [25, 50]
+    assert tags["train/loss"] == list(range(5, 51, 5)) and tags["eval/loss"] == [50]
     assert "fill_mask" in tags
 
     # The exported model directory works with the inference code, and the run ends with fill-mask examples.
