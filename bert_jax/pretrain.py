@@ -20,7 +20,6 @@ The run, top to bottom (the banner sections below follow it):
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import shutil
 import uuid
@@ -419,9 +418,9 @@ class SyntheticPretrainingData:
     """Learnable synthetic batches with the 7 pretraining features, deterministic per (seed, batch index).
 
     Each sequence is [CLS] A [SEP] B [SEP] over an arithmetic progression of token ids (start skewed
-    towards small ids, stride random per row); B continues A (label 0) or starts elsewhere (label 1, half the rows). Masking is the
-    original 80/10/10 on ~15% of the positions. A model can learn both tasks, so the loss falls: used by
-    tests, benchmarks and `data.source='synthetic'`. The global batch is generated and this process's
+    towards small ids, stride random per row); B continues A (label 0) or starts elsewhere (label 1, half
+    the rows). Masking is the original 80/10/10 on ~15% of the positions. Both tasks are learnable (slowly:
+    the strides need attention). Used by tests, benchmarks and `data.source='synthetic'`. The global batch is generated and this process's
     `rows` of it are returned, so any number of processes sees the same global batches.
     """
 

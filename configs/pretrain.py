@@ -23,10 +23,11 @@ bf16 compute with float32 parameters:
         --config.data.input_files=../shared/data/wikipedia \\
         --config.data.vocab_file=../shared/data/vocab/bert-base-uncased-vocab.txt
 
-  BERT-Base took 4 days on 16 Cloud TPU v3 chips (64 TPU v3 cores); expect a final MLM accuracy of about
-  0.7 and NSP accuracy of about 0.98 on Wikipedia + BookCorpus. Shrink for a try-out with e.g.
+  Devlin et al. trained BERT-Base this way for 4 days on 4 Cloud TPUs (16 chips), on Wikipedia +
+  BookCorpus. Shrink for a try-out with e.g.
   --config.train.num_steps=2000 --config.optimizer.warmup_steps=200
-  --config.phases="({'fraction': 1.0, 'seq_length': 128, 'batch_size': 32, 'max_predictions': 20},)". Larger global batches on small devices:
+  --config.phases="({'fraction': 1.0, 'seq_length': 128, 'batch_size': 32, 'max_predictions': 20},)".
+  Larger global batches on small devices:
   --config.train.micro_batches=8 (gradient accumulation); on a pod slice: --config.mesh.fsdp=-1.
   Continued pretraining from a converted Google checkpoint: --config.train.init_checkpoint=DIR.
 """

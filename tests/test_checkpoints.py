@@ -59,8 +59,9 @@ def flat_params(state):
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
     path = str(tmp_path_factory.getbasetemp() / "jax_compilation_cache")
-    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-                                             "jax_persistent_cache_min_entry_size_bytes")}
+    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
+                                                 "jax_persistent_cache_min_compile_time_secs",
+                                                 "jax_persistent_cache_min_entry_size_bytes")}
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -176,7 +177,8 @@ def test_keep_last_k_plus_every_m():
                 checkpointer.save(step, {"w": np.full(3, step, np.float32)}, {"phase": 0})
                 checkpointer.wait()
             assert checkpointer.all_steps() == [5, 10, 11, 12]
-            target = jax.ShapeDtypeStruct((3,), np.float32, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+            one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            target = jax.ShapeDtypeStruct((3,), np.float32, sharding=one_device)
             restored, data = checkpointer.restore(10, {"w": target})
             np.testing.assert_array_equal(restored["w"], np.full(3, 10, np.float32))
             assert data == {"phase": 0}
