@@ -60,6 +60,7 @@ import atexit
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -376,7 +377,7 @@ class _Source:
 
     def pair_block(self, ids, splits, doc_splits, number, skip):
         """numpy_function body: a tokenized block -> rows of NSP pairs (SPEC §1), from instance `skip` on."""
-        with _EXIT_GUARD.python_call():
+        with _EXIT_GUARD.python_call(), pdata.gc_paused():
             if _EXIT_GUARD.stopping:
                 ids, splits, doc_splits = ids[:0], splits[:1], doc_splits[:1]  # nothing more, quickly
             return self._pair_block(ids, splits, doc_splits, number, skip)
@@ -465,27 +466,26 @@ def _instances_to_arrays(instances, spec: PipelineSpec, vocab: pdata.VocabInfo) 
     """Rows of unmasked (dynamic) or masked (static) instances, padded to max_seq_length."""
     seq, preds = spec.config.max_seq_length, spec.config.max_predictions_per_seq
     n = len(instances)
+    lengths = np.fromiter((len(i.tokens) for i in instances), np.int32, count=n)
+    b_starts = np.fromiter((i.segment_ids.index(1) for i in instances), np.int32, count=n)
+    labels = np.fromiter((i.is_random_next for i in instances), np.int32, count=n)
+    positions = np.arange(seq, dtype=np.int32)[None, :]
+    real = positions < lengths[:, None]  # [n, seq]
     input_ids = np.full([n, seq], vocab.pad_id, np.int32)
-    segment_ids = np.zeros([n, seq], np.int32)
-    lengths = np.zeros([n], np.int32)
-    labels = np.zeros([n], np.int32)
-    for i, instance in enumerate(instances):
-        k = len(instance.tokens)
-        input_ids[i, :k] = instance.tokens
-        segment_ids[i, :k] = instance.segment_ids
-        lengths[i] = k
-        labels[i] = instance.is_random_next
+    input_ids[real] = np.fromiter(itertools.chain.from_iterable(i.tokens for i in instances), np.int32,
+                                  count=int(lengths.sum()))  # row-major: each row's tokens in order
+    segment_ids = ((positions >= b_starts[:, None]) & real).astype(np.int32)
     arrays = {"input_ids": input_ids, "segment_ids": segment_ids, "lengths": lengths, "next_sentence_labels": labels}
     if not spec.dynamic_masking:
-        positions = np.zeros([n, preds], np.int32)
+        masked_positions = np.zeros([n, preds], np.int32)
         masked_ids = np.zeros([n, preds], np.int32)
         weights = np.zeros([n, preds], np.float32)
         for i, instance in enumerate(instances):
             m = len(instance.masked_lm_positions)
-            positions[i, :m] = instance.masked_lm_positions
+            masked_positions[i, :m] = instance.masked_lm_positions
             masked_ids[i, :m] = instance.masked_lm_labels
             weights[i, :m] = 1.0
-        arrays.update(masked_lm_positions=positions, masked_lm_ids=masked_ids, masked_lm_weights=weights)
+        arrays.update(masked_lm_positions=masked_positions, masked_lm_ids=masked_ids, masked_lm_weights=weights)
     return arrays
 
 

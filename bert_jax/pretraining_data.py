@@ -31,13 +31,17 @@ gives exactly the original's output for that file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import gc
 import json
 import multiprocessing
 import os
 import random
+import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -179,13 +183,16 @@ def truncate_seq_pair(tokens_a: list, tokens_b: list, max_num_tokens: int, rng: 
 
 def _candidate_words(tokens: Sequence[int], vocab: VocabInfo, whole_word_masking: bool) -> list[list[int]]:
     """Positions that may be masked, grouped into words ('##' pieces join the word before them)."""
+    if not whole_word_masking:
+        cls_id, sep_id = vocab.cls_id, vocab.sep_id
+        return [[i] for i, token in enumerate(tokens) if token != cls_id and token != sep_id]
     cand_indexes: list[list[int]] = []
     previous_is_candidate = False
     for i, token in enumerate(tokens):
         if token == vocab.cls_id or token == vocab.sep_id:
             previous_is_candidate = False
             continue
-        if whole_word_masking and previous_is_candidate and vocab.is_continuation[token]:
+        if previous_is_candidate and vocab.is_continuation[token]:
             cand_indexes[-1].append(i)
         else:
             cand_indexes.append([i])
@@ -389,26 +396,41 @@ def documents_from_ids(
     `splits` [S + 1]: where each sentence's ids start in `flat`; `doc_splits` [D + 1]: where each document's
     sentences start. Sentences and documents without tokens are dropped (and counted), as in the original.
     """
-    lengths = np.diff(splits)
-    per_sentence = np.split(np.asarray(flat), splits[1:-1]) if len(lengths) else []
+    ids = np.asarray(flat).tolist()  # slicing one Python list beats converting many small arrays
+    starts = np.asarray(splits).tolist()
+    max_num_tokens = config.max_num_tokens
     result = []
     for d in range(len(doc_splits) - 1):
         first, last = int(doc_splits[d]), int(doc_splits[d + 1])
-        doc_lengths = lengths[first:last]
-        tokenized = [per_sentence[k].tolist() for k in range(first, last) if lengths[k] > 0]
+        lengths = [starts[k + 1] - starts[k] for k in range(first, last)]
+        tokenized = [ids[starts[k] : starts[k + 1]] for k in range(first, last) if starts[k + 1] > starts[k]]
         stats.skipped_sentences_without_tokens += (last - first) - len(tokenized)
         if not tokenized:
             stats.skipped_documents_without_tokens += 1
             continue
-        num_tokens = int(doc_lengths.sum())
+        num_tokens = sum(lengths)
         stats.documents += 1
         stats.sentences += len(tokenized)
         stats.tokens += num_tokens
         stats.one_sentence_documents += len(tokenized) == 1
         stats.one_token_documents += num_tokens == 1
-        stats.long_sentences += int((doc_lengths > config.max_num_tokens).sum())
+        stats.long_sentences += sum(length > max_num_tokens for length in lengths)
         result.append(tokenized)
     return result
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pauses the cyclic garbage collector while a block is paired: pairing allocates millions of small
+    lists (freed by reference counting, no cycles), and the collections they trigger walk TensorFlow's
+    large heap -- that doubled the cost of pairing. Collection resumes afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def iter_document_blocks(
@@ -497,7 +519,10 @@ _VARINTS = [_varint(v) for v in range(1 << 17)]  # every id of a usual vocabular
 
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field."""
-    return bytes([(number << 3) | 2]) + _varint(len(payload)) + payload
+    size = len(payload)
+    if size < 0x80:
+        return bytes(((number << 3) | 2, size)) + payload
+    return bytes([(number << 3) | 2]) + _varint(size) + payload
 
 
 def feature_spec(config: InstanceConfig) -> dict:
@@ -511,6 +536,64 @@ def feature_spec(config: InstanceConfig) -> dict:
     spec["masked_lm_weights"] = tf.io.FixedLenFeature([preds], tf.float32)
     spec["next_sentence_labels"] = tf.io.FixedLenFeature([1], tf.int64)
     return spec
+
+
+# TFRecord framing, written here so that writer processes need no TensorFlow (importing it costs seconds per
+# process): uint64 length, masked CRC-32C of the length, data, masked CRC-32C of the data. The CRCs of a
+# chunk of records are computed together, one byte position at a time across all records, with NumPy.
+
+TFRECORD_CHUNK = 4096
+
+
+def _crc32c_table() -> np.ndarray:
+    table = np.zeros([256], np.uint32)
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1  # Castagnoli polynomial, reflected
+        table[byte] = crc
+    return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def crc32c(chunks: Sequence[bytes]) -> np.ndarray:
+    """CRC-32C of each byte string, uint32 [len(chunks)]."""
+    lengths = np.fromiter(map(len, chunks), np.int64, count=len(chunks))
+    order = np.argsort(-lengths, kind="stable")  # longest first: at byte k the live rows are a prefix
+    sorted_lengths = lengths[order]
+    width = int(sorted_lengths[0]) if len(chunks) else 0
+    data = np.zeros([len(chunks), width], np.uint8)
+    data[np.arange(width)[None, :] < sorted_lengths[:, None]] = np.frombuffer(
+        b"".join(chunks[i] for i in order), np.uint8
+    )
+    live = np.searchsorted(-sorted_lengths, -np.arange(width), side="left")  # rows longer than k, for each k
+    crc = np.full([len(chunks)], 0xFFFFFFFF, np.uint32)
+    for k in range(width):
+        m = live[k]
+        crc[:m] = _CRC32C_TABLE[(crc[:m] ^ data[:m, k]) & 0xFF] ^ (crc[:m] >> 8)
+    result = np.empty_like(crc)
+    result[order] = crc ^ np.uint32(0xFFFFFFFF)
+    return result
+
+
+def _masked_crc(crc: np.ndarray) -> np.ndarray:
+    crc = crc.astype(np.uint64)
+    return ((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF).astype("<u4")
+
+
+def write_tfrecords(f, records: Sequence[bytes]) -> None:
+    """Appends records to an open binary file in the TFRecord format (readable by tf.data.TFRecordDataset)."""
+    if not records:
+        return
+    headers = [struct.pack("<Q", len(r)) for r in records]
+    header_crcs = _masked_crc(crc32c(headers)).tolist()
+    data_crcs = _masked_crc(crc32c(records)).tolist()
+    f.write(b"".join(
+        b"".join((h, struct.pack("<I", hc), r, struct.pack("<I", dc)))
+        for h, hc, r, dc in zip(headers, header_crcs, records, data_crcs)
+    ))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -660,6 +743,12 @@ def mask_batch_tf(input_ids, lengths, keys, *, config: InstanceConfig, vocab: Vo
 # ----------------------------------------------------------------------------------------------------
 
 
+# The writer tokenizes a file in-graph (tensorflow-text) from this size on, else with the Python tokenizer
+# (same ids). In-graph is ~1.5x faster per token but takes seconds to build per worker process; with
+# dupe_factor passes over the tokens, tokenization is a small share of the work on usual (~1 MB) files.
+GRAPH_TOKENIZER_MIN_BYTES = 32 << 20
+
+
 @dataclasses.dataclass(frozen=True)
 class _WriterJob:
     input_file: str
@@ -679,33 +768,42 @@ def unit_seed(seed: int, unit_index: int) -> int:
 
 
 def _write_file(job: _WriterJob) -> dict:
-    """One input file -> one TFRecord shard. Runs in a worker process."""
-    import tensorflow as tf
-
-    from bert_jax.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(job.tokenizer_path, lower_case=job.lower_case)
-    vocab = VocabInfo.from_tokenizer(tokenizer)
-    sentence_tokenizer = SentenceTokenizer(tokenizer)
+    """One input file -> one TFRecord shard. Runs in a worker process (without TensorFlow, unless the file
+    is big enough for the in-graph tokenizer)."""
+    tokenizer, vocab = _worker_tokenizer(job.tokenizer_path, job.lower_case)
+    big_file = os.path.getsize(job.input_file) >= GRAPH_TOKENIZER_MIN_BYTES
+    sentence_tokenizer = SentenceTokenizer(tokenizer, use_graph=big_file)
     rng = random.Random(job.seed)
     read_stats, gen_stats = text_reader.ReadStats(), GenerationStats()
     documents = text_reader.iter_file_documents(job.input_file, job.text_format, read_stats)
     temporary = job.output_file + ".incomplete"
     written = 0
-    with tf.io.TFRecordWriter(temporary) as writer:
+    with open(temporary, "wb") as f:
         for block in iter_document_blocks(documents, job.block_chars):
-            tokenized = tokenize_documents(block, sentence_tokenizer, job.config, gen_stats)
-            for instance in create_training_instances(
-                tokenized, job.config, vocab, rng, dupe_factor=job.dupe_factor, stats=gen_stats
-            ):
-                writer.write(serialize_instance(instance, job.config))
-                written += 1
+            with gc_paused():
+                tokenized = tokenize_documents(block, sentence_tokenizer, job.config, gen_stats)
+                instances = create_training_instances(
+                    tokenized, job.config, vocab, rng, dupe_factor=job.dupe_factor, stats=gen_stats
+                )
+                for first in range(0, len(instances), TFRECORD_CHUNK):
+                    chunk = instances[first : first + TFRECORD_CHUNK]
+                    write_tfrecords(f, [serialize_instance(instance, job.config) for instance in chunk])
+                written += len(instances)
     if written:
         os.replace(temporary, job.output_file)
     else:
         os.remove(temporary)
     return {"input": job.input_file, "output": job.output_file if written else None, "instances": written,
             "read": read_stats, "generation": gen_stats}
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_tokenizer(path: str, lower_case: bool | None):
+    """One tokenizer per worker process: its word cache stays warm from one file to the next."""
+    from bert_jax.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(path, lower_case=lower_case)
+    return tokenizer, VocabInfo.from_tokenizer(tokenizer)
 
 
 def prepare_pretraining_data(
@@ -720,7 +818,6 @@ def prepare_pretraining_data(
     lower_case: bool | None = None,
     text_format: str = "auto",
     block_chars: int = 4_000_000,
-    log: Callable[[str], None] = print,
 ) -> dict:
     """Writes `output_dir/part-XXXXX-of-NNNNN.tfrecord` (one per input file) and `pretraining_data.json`.
 
