@@ -24,14 +24,22 @@ Modes:
                No offline step is needed.
   'offline'    reads the TFRecords written by `python -m bert_jax prepare-pretraining-data`.
 
-How a stream is made. The Python side walks this host's files (or TFDS slice) in a seeded per-epoch
-order and groups consecutive documents (streaming) or records (offline) into *blocks* of
-`shuffle_buffer` items (default 1,000 documents / 10,000 records). A streaming block is tokenized in
-one in-graph call (bert_jax.graph_tokenizer), then paired with the original algorithm and an RNG seeded
-by (seed, host, block number): its documents are shuffled, random-next B is drawn from the other
-documents of the block, and its instances are shuffled. Batches of unmasked pairs go into tf.data, where
-masking runs vectorised over the batch (`pretraining_data.mask_batch_tf`), in parallel, keyed by each
-example's index in the stream.
+How a stream is made (streaming mode):
+  1. Python generator: walks this host's files (or TFDS slice) in a seeded per-epoch file order and groups
+     consecutive documents into *blocks* of `shuffle_buffer` documents (default 1,000); yields each
+     block's sentences (text, paragraphs split into sentences by `text_reader`).
+  2. Graph: the block is tokenized in one call by bert_jax.graph_tokenizer (tensorflow-text; the ids of
+     the Python tokenizer), blocks in parallel.
+  3. numpy_function: the block is paired by the original algorithm (bert_jax.pretraining_data) with an
+     RNG seeded by (seed, host, block number): its documents are shuffled, random-next B is drawn from
+     the other documents of the block -- the bounded pool that keeps memory flat on any corpus -- and
+     its instances are shuffled.
+  4. Graph: rows are numbered (the example's index in this host's stream), batched, and masked
+     vectorised over the batch (`pretraining_data.mask_batch_tf`), in parallel; an example's mask depends
+     on (seed, host, index) only.
+Offline mode reads the TFRecord files in the same blocks (records, default 10,000, shuffled per block)
+and parses them in the graph. The Python stages run no TensorFlow ops; `_ExitGuard` lets a process
+exit while a pipeline is still running (a TF 2.21 hang otherwise).
 
 Multi-host. Each process reads a disjoint shard chosen by `process_index` / `process_count` (defaults:
 jax.process_index() / jax.process_count()): file i goes to process i % count; with fewer files than
@@ -76,6 +84,8 @@ from bert_jax import pretraining_data as pdata
 from bert_jax import text_reader
 
 MODES = ("streaming", "offline")
+# The mesh axes that split a batch: bert_jax.sharding.BATCH_AXES (not imported here: it pulls in flax).
+BATCH_AXES = ("data", "fsdp")
 DEFAULT_DOCUMENTS_PER_BLOCK = 1_000
 DEFAULT_RECORDS_PER_BLOCK = 10_000
 STATE_VERSION = 1
@@ -531,6 +541,7 @@ def _finish_fn(spec: PipelineSpec, vocab: pdata.VocabInfo | None):
     if spec.mode == "offline":
         feature_spec = pdata.feature_spec(config)
 
+        @tf.autograph.experimental.do_not_convert
         def finish(batch):
             parsed = tf.io.parse_example(batch["serialized"], feature_spec)
             out = {name: tf.cast(parsed[name], tf.int32) for name in pdata.FEATURE_NAMES if name != "masked_lm_weights"}
@@ -543,6 +554,7 @@ def _finish_fn(spec: PipelineSpec, vocab: pdata.VocabInfo | None):
     # The masks of this host's stream have a seed of their own; example keys index the stream.
     mask_seed = int(np.random.SeedSequence([spec.seed, spec.process_index]).generate_state(1, np.uint64)[0] >> 1)
 
+    @tf.autograph.experimental.do_not_convert  # straight-line TF code: converting it only costs time
     def finish(batch):
         lengths = batch["lengths"]
         input_mask = tf.cast(tf.range(config.max_seq_length)[None, :] < lengths[:, None], tf.int32)
@@ -579,6 +591,7 @@ def _build_dataset(source: _Source, state: dict, with_meta: bool):
         blocks = tf.data.Dataset.from_generator(lambda: source.elements(state), output_signature=signature)
         graph_tokenizer = pdata.graph_tokenizer_for(source.tokenizer)
 
+        @tf.autograph.experimental.do_not_convert
         def tokenize(block):
             ragged = graph_tokenizer.tokenize(block["sentences"])  # [S, (tokens)]
             return {"ids": tf.cast(ragged.flat_values, tf.int32), "splits": tf.cast(ragged.row_splits, tf.int64),
@@ -589,6 +602,7 @@ def _build_dataset(source: _Source, state: dict, with_meta: bool):
                   "masked_lm_ids": [None, preds], "masked_lm_weights": [None, preds]}
         types = {"masked_lm_weights": tf.float32, "_block": tf.int64, "_index": tf.int64}
 
+        @tf.autograph.experimental.do_not_convert
         def pair(block):
             outputs = tf.numpy_function(
                 source.pair_block, [block["ids"], block["splits"], block["doc_splits"], block["block"], block["skip"]],
@@ -599,13 +613,21 @@ def _build_dataset(source: _Source, state: dict, with_meta: bool):
         blocks = blocks.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         rows = blocks.map(pair).unbatch()  # pairing is sequential Python: one block at a time
     # Each example's key (its index in this host's stream) fixes its dynamic mask.
-    rows = rows.enumerate(start=state["example"]).map(lambda key, row: {**row, "_key": key})
+    rows = rows.enumerate(start=state["example"]).map(_with_key)
     batches = rows.batch(spec.batch_size, drop_remainder=spec.drop_remainder)
     batches = batches.map(_finish_fn(spec, getattr(source, "vocab", None)), num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True)
     if not with_meta:
-        batches = batches.map(lambda batch: {k: v for k, v in batch.items() if not k.startswith(_META_PREFIX)})
+        batches = batches.map(_without_meta)
     return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def _with_key(key, row):
+    return {**row, "_key": key}
+
+
+def _without_meta(batch):
+    return {k: v for k, v in batch.items() if not k.startswith(_META_PREFIX)}
 
 
 def make_pretraining_dataset(
@@ -813,15 +835,13 @@ def make_global_batch(local_batch: Mapping[str, np.ndarray], sharding_or_mesh) -
     """Per-host numpy rows -> one global jax.Array per feature, rows split over the batch axes.
 
     `sharding_or_mesh`: a jax.sharding.Sharding used as is, or a Mesh, whose data-parallel axes
-    (bert_jax.sharding.BATCH_AXES present in it, else all its axes) split the batch dimension.
+    (BATCH_AXES present in it, else all its axes) split the batch dimension.
     Every process must call this with its own rows (same shapes on all processes).
     """
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     if isinstance(sharding_or_mesh, Mesh):
-        from bert_jax.sharding import BATCH_AXES
-
         axes = tuple(a for a in BATCH_AXES if a in sharding_or_mesh.axis_names) or tuple(sharding_or_mesh.axis_names)
         sharding = NamedSharding(sharding_or_mesh, PartitionSpec(axes))
     else:

@@ -46,7 +46,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Three WikiExtractor files with the first 200 articles of wiki_12..14 (about 1,200 documents in all)."""
+    """Three WikiExtractor files with the first 200 articles of wiki_12..14 (260 of them have text)."""
     directory = tmp_path_factory.mktemp("wiki")
     for name in ("wiki_12", "wiki_13", "wiki_14"):
         _first_documents(os.path.join(WIKI, name), directory / name, 200)
@@ -247,8 +247,8 @@ _RESUME_CHILD = textwrap.dedent("""
 def test_resume_in_a_fresh_process(corpus, tokenizer, tmp_path):
     """Read N batches, save the state, restore it in a new process: the next batch is the one the
     uninterrupted run reads. Small blocks, so the position is mid-stream after several blocks."""
-    kwargs = dict(input_pattern=str(corpus), mode="streaming", batch_size=24, seed=3, process_index=0,
-                  process_count=1, shuffle_buffer=15)
+    kwargs = dict(input_pattern=os.path.join(corpus, "wiki_12"), mode="streaming", batch_size=24, seed=3,
+                  process_index=0, process_count=1, shuffle_buffer=15)
     it = ip.PretrainingIterator(tokenizer=tokenizer, **kwargs)
     for _ in range(9):
         next(it)
@@ -397,6 +397,9 @@ def test_make_global_batch_single_process():
     np.testing.assert_array_equal(np.asarray(batch["input_ids"]), local["input_ids"])
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     assert ip.make_global_batch(local, sharding)["w"].sharding == sharding
+    from bert_jax.sharding import BATCH_AXES
+
+    assert ip.BATCH_AXES == BATCH_AXES  # the trainer's mesh axes
 
 
 # ----------------------------------------------------------------------------------------------------
