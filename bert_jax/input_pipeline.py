@@ -121,8 +121,10 @@ class PipelineSpec:
     drop_remainder: bool
 
     def fingerprint(self) -> str:
-        """Identifies the stream (input and seed); lengths and batch size may change between phases."""
-        ident = [self.mode, list(self.files), self.tfds_name, self.tfds_split, self.text_format, self.seed,
+        """Identifies the stream (input and seed); lengths and batch size may change between phases.
+        Files count by name and size, so that a corpus moved to another directory keeps its positions."""
+        files = [(os.path.basename(p), os.path.getsize(p)) for p in self.files]
+        ident = [self.mode, files, self.tfds_name, self.tfds_split, self.text_format, self.seed,
                  self.process_index, self.process_count, self.shuffle, self.dynamic_masking, self.dupe_factor]
         return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
 
@@ -742,6 +744,9 @@ class PretrainingIterator:
         if kwargs:
             raise TypeError(f"unknown argument(s) {sorted(kwargs)}")
         defaults = {k: v.default for k, v in _signature_defaults().items()}
+        missing = [name for name in _SPEC_ARGS if name not in defaults and name not in arguments]
+        if missing:
+            raise TypeError(f"PretrainingIterator needs {', '.join(missing)}")
         self._arguments = {**defaults, **arguments}
         self._tokenizer = tokenizer
         self.spec = _make_spec(**_spec_kwargs(self._arguments))
@@ -788,11 +793,12 @@ class PretrainingIterator:
         return {"version": STATE_VERSION, "fingerprint": self.spec.fingerprint(), "shape": self.spec.shape_key(),
                 **self._state}
 
-    def set_state(self, state: Mapping, *, allow_shape_change: bool = False) -> None:
+    def set_state(self, state: Mapping, *, allow_shape_change: bool = True) -> None:
         """Continues exactly after the batch at which `state` was taken.
 
-        The state must come from the same input, seed and host. With `allow_shape_change` a state taken
-        at another length / batch size is accepted: the stream continues from the start of its block.
+        The state must come from the same input, seed and host (else ValueError). A state taken with
+        another length, batch size or block size (a new sequence-length phase) continues from the start
+        of its block, with a warning -- or, with allow_shape_change=False, is refused (ValueError).
         """
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"input pipeline state version {state.get('version')!r}, expected {STATE_VERSION}")
@@ -802,9 +808,14 @@ class PretrainingIterator:
         restored = {k: int(state[k]) for k in _initial_state(self.spec)}
         if list(state.get("shape", [])) != self.spec.shape_key():
             if not allow_shape_change:
-                raise ValueError(f"input pipeline state was taken with batch/length settings {state.get('shape')}, "
-                                 f"this pipeline has {self.spec.shape_key()} (use allow_shape_change=True)")
-            restored["skip"] = 0  # the block is re-paired at the new length: start it over
+                raise ValueError(f"input pipeline state was taken with [batch, length, predictions, ...] = "
+                                 f"{state.get('shape')}, this pipeline has {self.spec.shape_key()}")
+            from absl import logging
+
+            logging.warning("input pipeline state was taken with [batch, length, predictions, ...] = %s, this "
+                            "pipeline has %s: continuing from the start of block %d", state.get("shape"),
+                            self.spec.shape_key(), restored["block"])
+            restored["skip"] = 0  # the block is re-made with the new settings: start it over
         self._state = restored
         self._iterator = None
 
@@ -815,7 +826,7 @@ class PretrainingIterator:
         rebuilt = PretrainingIterator(tokenizer=changes.pop("tokenizer", self._tokenizer),
                                       **{k: v for k, v in arguments.items() if k != "tokenizer"})
         if rebuilt.spec.fingerprint() == self.spec.fingerprint():
-            rebuilt.set_state(self.get_state(), allow_shape_change=True)
+            rebuilt.set_state(self.get_state())
         return rebuilt
 
 

@@ -304,8 +304,14 @@ def test_sequence_length_phase_rebuild(corpus, tokenizer):
     _check_batch(batch, tokenizer, pdata.InstanceConfig(max_seq_length=256, max_predictions_per_seq=40), 8)
     assert batch["input_mask"].sum(1).max() > 128
     assert longer.get_state()["block"] == block  # continues from the block it was in
-    with pytest.raises(ValueError, match="allow_shape_change"):
-        _streaming(corpus, tokenizer, shuffle_buffer=100, batch_size=16).set_state(it.get_state())
+    # A state taken at another batch size restarts its block: the first rows are that block's first.
+    other = _streaming(corpus, tokenizer, shuffle_buffer=100, batch_size=16)
+    other.set_state(it.get_state())
+    restarted = _streaming(corpus, tokenizer, shuffle_buffer=100, batch_size=16)
+    restarted.set_state({**it.get_state(), "skip": 0, "shape": restarted.spec.shape_key()})
+    np.testing.assert_array_equal(next(other)["segment_ids"], next(restarted)["segment_ids"])
+    with pytest.raises(ValueError, match="this pipeline has"):
+        other.set_state(it.get_state(), allow_shape_change=False)
 
 
 # ----------------------------------------------------------------------------------------------------

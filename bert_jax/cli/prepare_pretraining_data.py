@@ -1,4 +1,4 @@
-"""Write masked NSP pretraining instances as sharded TFRecords (Google's create_pretraining_data.py).
+r"""Write masked NSP pretraining instances as sharded TFRecords (Google's create_pretraining_data.py).
 
     python -m bert_jax prepare-pretraining-data --input '../shared/data/wikipedia/wiki_*' \
         --vocab ../shared/data/vocab/bert-base-uncased-vocab.txt --output /tmp/pretraining-128 \
@@ -15,6 +15,7 @@ was skipped and why. Read the records with `input_pipeline.make_pretraining_data
 """
 
 import json
+import os
 
 from absl import flags
 
@@ -32,7 +33,8 @@ flags.DEFINE_float("short-seq-prob", 0.1, "probability of a shorter target lengt
 flags.DEFINE_float("masked-lm-prob", 0.15, "fraction of the tokens to mask")
 flags.DEFINE_bool("whole-word-masking", False, "mask all pieces of a word together")
 flags.DEFINE_integer("seed", 12345, "random seed; the output depends on it only (not on --num-workers)")
-flags.DEFINE_integer("num-workers", 1, "worker processes, each writing whole files")
+flags.DEFINE_integer("num-workers", os.cpu_count() or 1, "worker processes, each writing whole files "
+                     "(default: the number of CPU cores)")
 flags.DEFINE_bool("lower-case", None, "lower-case the text (--lower-case / --nolower-case; --cased is the opposite); "
                   "default: from the tokenizer directory's config, else inferred from the vocabulary")
 flags.DEFINE_bool("cased", None, "keep case (the same as --nolower-case)")
