@@ -140,6 +140,23 @@ def test_whole_word_masking_in_the_stream(corpus, tokenizer):
     assert whole_words > 20
 
 
+def test_static_masking_in_the_stream(corpus, tokenizer):
+    """dynamic_masking=False: masks drawn once by the original Python algorithm, dupe_factor passes per
+    block; a resumed stream reads the very same masks."""
+    kwargs = dict(dynamic_masking=False, dupe_factor=2, shuffle_buffer=30, batch_size=16)
+    it = _streaming(corpus, tokenizer, **kwargs)
+    batches = [next(it) for _ in range(6)]
+    for batch in batches:
+        _check_batch(batch, tokenizer, pdata.InstanceConfig(), 16)
+    state = it.get_state()
+    expected = next(it)
+    resumed = _streaming(corpus, tokenizer, **kwargs)
+    resumed.set_state(state)
+    got = next(resumed)
+    for name in pdata.FEATURE_NAMES:
+        np.testing.assert_array_equal(got[name], expected[name])
+
+
 def test_graph_tokenizer_gives_the_python_ids(tokenizer):
     sentences = [s for d in text_reader.iter_file_documents(os.path.join(WIKI, "wiki_15")) for s in d.sentences][:400]
     in_graph = pdata.SentenceTokenizer(tokenizer)
