@@ -26,7 +26,11 @@ characters of text, and each block is one run of the original algorithm -- its d
 `dupe_factor` passes make instances, and the instances are shuffled. Random-next segments B are therefore
 drawn from the documents of the same block (a bounded buffer of neighbouring documents) rather than from
 the whole corpus, which keeps memory bounded on a corpus larger than RAM. A file smaller than one block
-gives exactly the original's output for that file.
+gives exactly the original's output for that file. Worker processes tokenize with the Python tokenizer
+(in-graph for files over GRAPH_TOKENIZER_MIN_BYTES) and write the TFRecord framing themselves
+(`write_tfrecords`), so they do not import TensorFlow.
+
+`random.Random` (not a NumPy Generator) is the RNG throughout: it is what reproduces the original.
 """
 
 from __future__ import annotations
