@@ -46,6 +46,7 @@ from bert_jax.checkpoints import Checkpointer
 from bert_jax.heads import (BertForMultipleChoice, BertForQuestionAnswering, BertForSequenceClassification,
                             BertForTokenClassification)
 from bert_jax.model import BertConfig, Dense
+from bert_jax.tokenizer import TRUNCATION
 from bert_jax.train_metrics import MetricsWriter, peak_flops_per_device
 
 # The model inputs of every kind; the rest of a task's features (example_index, char spans, ...) are for decoding.
@@ -88,6 +89,9 @@ def default_config() -> ml_collections.ConfigDict:
         test="",  # '' = the source's test split(s) when it has them (predictions only)
         tfds_data_dir="",
         max_seq_length=128,
+        # A sentence pair longer than max_seq_length: 'original' cuts it as Google's run_classifier.py does,
+        # 'longest_first' as Hugging Face's tokenizers (they differ in which side keeps an odd token).
+        truncation="original",
         doc_stride=128,  # SQuAD windows
         max_query_length=64,  # SQuAD
         max_train_examples=0,  # 0 = all; else the first N (quick runs)
@@ -228,6 +232,8 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
                 raise FileNotFoundError(f"config.{key}={_get(merged, key)!r}: no such file or folder: {path}")
     if d.max_seq_length < 4:
         bad("data.max_seq_length", "must be at least 4")
+    if d.truncation not in TRUNCATION:
+        bad("data.truncation", f"expected one of {sorted(TRUNCATION)}")
     if d.doc_stride < 1:
         bad("data.doc_stride", "must be positive")
     if d.max_query_length < 1:
@@ -352,7 +358,11 @@ def featurize(task, examples, tokenizer, data) -> dict:
     if task.kind == "span":
         return task.featurize(examples, tokenizer, max_seq_length=data["max_seq_length"],
                               doc_stride=data["doc_stride"], max_query_length=data["max_query_length"])
-    return task.featurize(examples, tokenizer, max_seq_length=data["max_seq_length"])
+    if task.kind == "tagging":  # one sequence per example (windows): no pair to truncate
+        return task.featurize(examples, tokenizer, max_seq_length=data["max_seq_length"])
+    # Directories written before the option existed were trained with Hugging Face's truncation.
+    return task.featurize(examples, tokenizer, max_seq_length=data["max_seq_length"],
+                          truncation=data.get("truncation", "longest_first"))
 
 
 def decode(task, outputs, split: Split, decode_options: Mapping):
@@ -720,7 +730,7 @@ def finetune_record(config, task, step: int, metrics: Mapping) -> dict:
     if "labels" in options or task.name == "classify":
         options["labels"] = list(task.labels)
     return {"task": task.name, "task_options": options, "kind": task.kind, "labels": list(task.labels),
-            "data": {k: config.data[k] for k in ("max_seq_length", "doc_stride", "max_query_length")},
+            "data": {k: config.data[k] for k in ("max_seq_length", "truncation", "doc_stride", "max_query_length")},
             "decode": dict(config.decode), "step": step, "metrics": dict(metrics),
             "init_checkpoint": os.path.abspath(config.init_checkpoint)}
 
@@ -979,7 +989,7 @@ def predict(checkpoint: str, input_path: str, output: str, *, task_name: Optiona
         options["labels"] = manifest["labels"]
     task = get_task(name, **options)
     data = record["data"] if record else {"max_seq_length": 384 if task.kind == "span" else 128,
-                                          "doc_stride": 128, "max_query_length": 64}
+                                          "truncation": "original", "doc_stride": 128, "max_query_length": 64}
     decode_options = record["decode"] if record else dict(default_config().decode)
 
     pretrained = load_pretrained(checkpoint)

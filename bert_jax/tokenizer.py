@@ -257,21 +257,40 @@ class Tokenizer:
         """Ids of `text` without [CLS]/[SEP]."""
         return self.convert_tokens_to_ids(self.tokenize(text))
 
-    def encode(self, text: str, text_pair: str | None = None, max_length: int | None = None) -> Encoding:
-        """[CLS] A [SEP] (B [SEP]); with max_length, truncated longest-first like Hugging Face."""
+    def encode(self, text: str, text_pair: str | None = None, max_length: int | None = None,
+               truncation: str = "original") -> Encoding:
+        """[CLS] A [SEP] (B [SEP]); with max_length, a pair is cut by `truncation` (see TRUNCATION)."""
+        truncate = TRUNCATION.get(truncation)
+        if truncate is None:
+            raise ValueError(f"truncation={truncation!r}: expected one of {sorted(TRUNCATION)}")
         first = self.token_ids(text)
         second = self.token_ids(text_pair) if text_pair else None  # "" counts as no pair, as in Hugging Face
         if max_length is not None:
             num_special = 2 if second is None else 3
             if max_length < num_special:
                 raise ValueError(f"max_length={max_length} leaves no room for the {num_special} special tokens")
-            first, second = truncate_longest_first(first, second, max_length - num_special)
+            first, second = truncate(first, second, max_length - num_special)
         input_ids = [self.cls_id, *first, self.sep_id]
         token_type_ids = [0] * len(input_ids)
         if second is not None:
             input_ids += [*second, self.sep_id]
             token_type_ids += [1] * (len(second) + 1)
         return Encoding(input_ids, token_type_ids, [1] * len(input_ids))
+
+
+def truncate_original(first: list, second: list | None, budget: int) -> tuple[list, list | None]:
+    """Google's `_truncate_seq_pair` (run_classifier.py): drop the last token of the longer side, of the second on a
+    tie, until the pair fits. A short side is kept whole; when both are cut, the first keeps the odd token."""
+    if second is None:
+        return first[:budget], None
+    if len(first) + len(second) <= budget:
+        return first, second
+    short = min(len(first), len(second))
+    if short <= budget // 2:  # only the longer side is cut
+        keep_first, keep_second = (budget - short, short) if len(first) > len(second) else (short, budget - short)
+    else:  # both are cut down to half each; pops alternate, the second going first on the tie
+        keep_first, keep_second = budget - budget // 2, budget // 2
+    return first[:keep_first], second[:keep_second]
 
 
 def truncate_longest_first(first: list, second: list | None, budget: int) -> tuple[list, list | None]:
@@ -293,6 +312,13 @@ def truncate_longest_first(first: list, second: list | None, budget: int) -> tup
     if len(first) > len(second):
         return first[:keep_long], second[:keep_short]
     return first[:keep_short], second[:keep_long]
+
+
+# How a pair that is too long is cut. The two differ only in which side keeps the odd token when both are cut.
+TRUNCATION = {
+    "original": truncate_original,  # Google's BERT (fine-tuning default: faithful to the original recipe)
+    "longest_first": truncate_longest_first,  # Hugging Face's tokenizers, truncation=True / "longest_first"
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------

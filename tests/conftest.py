@@ -73,7 +73,12 @@ def make_hf_bert(tmp_path_factory, small_vocab_file):
 
     def make(num_layers=2, hidden_size=64, num_heads=2, intermediate_size=None, hidden_act="gelu",
              model_class="BertForPreTraining", seed=0, dtype=None, weights="safetensors", **hf_config_kw):
-        key = json.dumps(dict(locals(), hf_config_kw=hf_config_kw), sort_keys=True, default=str)
+        # Only the arguments: locals() here would also hold the closure's `cache`, and every key would embed all
+        # earlier keys (doubling in size with each new model: the suite ran out of memory that way).
+        arguments = dict(num_layers=num_layers, hidden_size=hidden_size, num_heads=num_heads,
+                         intermediate_size=intermediate_size, hidden_act=hidden_act, model_class=model_class,
+                         seed=seed, dtype=dtype, weights=weights, hf_config_kw=hf_config_kw)
+        key = json.dumps(arguments, sort_keys=True, default=str)
         if key in cache:
             return cache[key]
         vocab_size = len(small_vocab_file.read_text(encoding="utf-8").splitlines())

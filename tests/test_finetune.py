@@ -1,7 +1,7 @@
 """Fine-tuning end to end: every task family on real data with a tiny BERT, the CLIs, initialisation, bad input.
 
-The tiny encoders are random, so they learn by memorising: each run trains on a few dozen examples for a dozen or
-so epochs at a high learning rate, and "loss falls" compares the first and last logged training losses. Metrics
+The tiny encoders are random, so they learn by memorising: each run trains on 32 examples for 24 epochs (one batch
+each) at a high learning rate, and "loss falls" compares the first and last logged training losses. Metrics
 and prediction files are checked against references computed here (scikit-learn / SciPy / hand-written), the
 losses of every head against Hugging Face's, and the loaded encoder against the source checkpoint's tensors.
 """
@@ -68,8 +68,8 @@ def save_tiny_model(directory, vocab_file=VOCAB, hidden=64, seed=0, max_position
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """JAX's persistent compilation cache for this module: the runs that share shapes (the classification runs
-    below all use 64 tokens, 32 rows and 24 steps) compile their train and eval steps once."""
+    """JAX's persistent compilation cache for this module (and the CLI runs it starts): the runs that share shapes
+    (the classification runs below all use 64 tokens, 32 rows and 24 steps) compile their steps once."""
     from jax.experimental.compilation_cache import compilation_cache as cache
 
     directory = tmp_path_factory.mktemp("jax_cache")
@@ -506,33 +506,42 @@ def classify_files(directory: Path):
     return directory
 
 
-def test_classify_own_files(tiny_model, tmp_path, capsys):
-    data = classify_files(tmp_path / "data")
-    config = tiny_config("classify", tiny_model, source=str(data), max_train_examples=0)
-    result = finetune.train_and_evaluate(config, str(tmp_path / "classify"))
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def classify_run(tiny_model, tmp_path_factory):
+    """(config, workdir, result, console output) of a classify run on classify_files."""
+    import contextlib
+    import io
+
+    tmp = tmp_path_factory.mktemp("classify")
+    config = tiny_config("classify", tiny_model, source=str(classify_files(tmp / "data")), max_train_examples=0)
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        result = finetune.train_and_evaluate(config, str(tmp / "workdir"))
+    return config, tmp / "workdir", result, console.getvalue()
+
+
+def test_classify_own_files(classify_run):
+    _, workdir, result, out = classify_run
     assert "train.jsonl: 32 examples from 33 records, 1 skipped" in out
     assert "skipped 1 x empty text in 'text'" in out and "train.jsonl:6" in out
     assert "labels inferred from the training examples: ['neg', 'pos']" in out
-    assert_loss_falls(tmp_path / "classify")
-    rows = read_tsv(tmp_path / "classify" / "predictions" / "classify_validation_predictions.tsv")
+    assert_loss_falls(workdir)
+    rows = read_tsv(workdir / "predictions" / "classify_validation_predictions.tsv")
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(32)]
     assert {r["prediction"] for r in rows} <= {"neg", "pos"}
     assert result["metrics"]["accuracy"] == pytest.approx(np.mean([r["prediction"] == r["label"] for r in rows]))
-    record = json.loads((tmp_path / "classify" / "model" / "finetune.json").read_text())
+    record = json.loads((workdir / "model" / "finetune.json").read_text())
     assert record["task_options"]["labels"] == ["neg", "pos"] and record["task_options"]["text_column"] == "text"
 
 
-def test_sigterm_then_resume_gives_the_uninterrupted_model(tiny_model, tmp_path, capsys):
+def test_sigterm_then_resume_gives_the_uninterrupted_model(classify_run, tmp_path, capsys):
     """Stopped by SIGTERM at step 10 (checkpoint saved), then resumed: the same batches (the permutation of epoch
-    11 on), the same dropout, the same evaluations, hence bit for bit the same model as an uninterrupted run."""
+    11 on), the same dropout, the same evaluations, hence bit for bit the model of the uninterrupted run."""
     import signal
 
     from bert_jax.pretrained import load_pretrained
 
-    data = classify_files(tmp_path / "data")
-    config = tiny_config("classify", tiny_model, source=str(data), max_train_examples=0)
-    whole = finetune.train_and_evaluate(config, str(tmp_path / "whole"))
+    config, whole_workdir, whole, _ = classify_run
 
     def stop_at_step_10(step, state):
         if step == 10:
@@ -540,10 +549,11 @@ def test_sigterm_then_resume_gives_the_uninterrupted_model(tiny_model, tmp_path,
 
     stopped = finetune.train_and_evaluate(config, str(tmp_path / "resumed"), hooks=[stop_at_step_10])
     assert int(stopped["state"].step) == 10 and stopped["predictions"] == []
+    assert not (tmp_path / "resumed" / "model").exists()  # no evaluation yet, nothing exported
     resumed = finetune.train_and_evaluate(config, str(tmp_path / "resumed"))
     assert "resuming from the checkpoint at step 10" in capsys.readouterr().out
     assert resumed["best"] == whole["best"] and resumed["metrics"] == whole["metrics"]
-    ours, theirs = (load_pretrained(tmp_path / name / "model").params for name in ("resumed", "whole"))
+    ours, theirs = (load_pretrained(path / "model").params for path in (tmp_path / "resumed", whole_workdir))
     jax.tree.map(np.testing.assert_array_equal, ours, theirs)
 
 
@@ -709,6 +719,7 @@ def test_training_steps_follow_run_classifier(tiny_model):
     ("task.text_column", "review", "config.task.text_column='review': only the classify task takes this option"),
     ("train.batch_size", "32", "config.train.batch_size='32': expected an integer"),
     ("optimizer.warmup_fraction", 1.5, "config.optimizer.warmup_fraction=1.5: must be in [0, 1)"),
+    ("data.truncation", "longest", "config.data.truncation='longest': expected one of ['longest_first', 'original']"),
 ])
 def test_config_errors_name_the_key(key, value, message, tiny_model):
     import ml_collections

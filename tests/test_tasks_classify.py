@@ -61,7 +61,7 @@ def test_pair_features_match_hugging_face(tmp_path, tokenizer):
                 for i in range(5)] + [TextExample("5", "Naïve café owners", None, "b")]
     task = get_task("classify", labels=["a", "b"])
     for example in examples:
-        features = task.featurize([example], tokenizer, max_seq_length=12)
+        features = task.featurize([example], tokenizer, max_seq_length=12, truncation="longest_first")
         reference = hf(example.text, example.text_pair, truncation=True, max_length=12, padding="max_length")
         assert features["input_ids"][0].tolist() == reference["input_ids"]
         assert features["token_type_ids"][0].tolist() == reference["token_type_ids"]

@@ -1,6 +1,7 @@
 """GLUE: readers on the real distribution files and on hand-made quirky ones, features vs Hugging Face,
 metrics vs scikit-learn / SciPy, submission files, TFDS through mock data, and the task registry."""
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -201,12 +202,33 @@ def test_sst2_features_match_hugging_face(tokenizer, hf_tokenizer):
 def test_rte_pair_features_with_truncation_match_hugging_face(tokenizer, hf_tokenizer):
     task = get_task("rte")
     examples, _ = task.read("dev", str(GLUE / "RTE"))
-    features = task.featurize(examples, tokenizer, max_seq_length=48)  # most RTE pairs are longer: truncated
+    # most RTE pairs are longer than 48 tokens: truncated
+    features = task.featurize(examples, tokenizer, max_seq_length=48, truncation="longest_first")
     reference = hf_tokenizer([e.text for e in examples], [e.text_pair for e in examples], truncation="longest_first",
                              max_length=48, padding="max_length")
     for key in ("input_ids", "token_type_ids", "attention_mask"):
         np.testing.assert_array_equal(features[key], np.asarray(reference[key]))
     assert (features["attention_mask"].sum(1) == 48).mean() > 0.5
+    # The default is Google's truncation (tests/test_tokenizer.py). It differs from Hugging Face's only where both
+    # sides are cut to an odd budget and the second is not the shorter: Google's gives the odd token to the first
+    # text. Hypothesis first, premise second, 16 tokens (a budget of 13) make such rows; the token types show it.
+    swapped = [dataclasses.replace(e, text=e.text_pair, text_pair=e.text) for e in examples]
+    ours = task.featurize(swapped, tokenizer, max_seq_length=16)
+    theirs = hf_tokenizer([e.text for e in swapped], [e.text_pair for e in swapped], truncation="longest_first",
+                          max_length=16)
+    both_cut_differently = 0
+    for row, example in enumerate(swapped):
+        la, lb = len(tokenizer.token_ids(example.text)), len(tokenizer.token_ids(example.text_pair))
+        if la + lb <= 13:
+            google = hugging_face = la
+        elif min(la, lb) <= 6:  # only the longer side is cut
+            google = hugging_face = la if la <= lb else 13 - lb
+        else:  # both cut to 6 + 7
+            google, hugging_face = 7, (7 if la > lb else 6)
+            both_cut_differently += google != hugging_face
+        assert (ours["token_type_ids"][row] == 0).sum() == 2 + google, row
+        assert theirs["token_type_ids"][row].count(0) == 2 + hugging_face, row
+    assert both_cut_differently > 100
     np.testing.assert_array_equal(features["labels"], [task.labels.index(e.label) for e in examples])
 
 

@@ -73,7 +73,7 @@ def test_features_match_hugging_face_per_choice(tmp_path, tokenizer):
     (tmp_path / "train.csv").write_text(swag_csv(ROWS), encoding="utf-8")
     task = get_task("swag")
     examples, _ = task.read("train", str(tmp_path))
-    features = task.featurize(examples, tokenizer, max_seq_length=20)
+    features = task.featurize(examples, tokenizer, max_seq_length=20, truncation="longest_first")
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         assert features[key].shape == (2, 4, 20) and features[key].dtype == np.int32
     np.testing.assert_array_equal(features["labels"], [2, 0])

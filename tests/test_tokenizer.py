@@ -22,6 +22,8 @@ from bert_jax.tokenizer import (
     infer_lower_case,
     load_tokenizer,
     save_tokenizer,
+    truncate_longest_first,
+    truncate_original,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,7 +265,7 @@ def test_encode_with_truncation_matches_hugging_face(uncased, hf_uncased):
         max_length = rng.choice([5, 8, 16, 33, 64, 128, 512])
         for text, pair in ((a, b), (b, a), (a, None)):
             expected = hf_uncased(text, pair, truncation=True, max_length=max_length)
-            got = uncased.encode(text, pair, max_length=max_length)
+            got = uncased.encode(text, pair, max_length=max_length, truncation="longest_first")
             assert got.input_ids == expected["input_ids"], (max_length, text[:50], (pair or "")[:50])
             assert got.token_type_ids == expected["token_type_ids"]
             assert got.attention_mask == expected["attention_mask"]
@@ -273,6 +275,38 @@ def test_encode_with_truncation_matches_hugging_face(uncased, hf_uncased):
     assert uncased.encode("hi", "").input_ids == hf_uncased("hi", "")["input_ids"] == [101, 7632, 102]
     with pytest.raises(ValueError, match="max_length"):
         uncased.encode("a", "b", max_length=2)
+
+
+def google_truncate_seq_pair(tokens_a, tokens_b, max_length):
+    """run_classifier.py's _truncate_seq_pair, transcribed: pop from the longer list, from B on a tie."""
+    tokens_a, tokens_b = list(tokens_a), list(tokens_b)
+    while len(tokens_a) + len(tokens_b) > max_length:
+        if len(tokens_a) > len(tokens_b):
+            tokens_a.pop()
+        else:
+            tokens_b.pop()
+    return tokens_a, tokens_b
+
+
+def test_original_truncation_is_googles_truncate_seq_pair(uncased):
+    """The default pair truncation is the original's; it differs from Hugging Face's only in who keeps the odd
+    token when both sides are cut (here: the first)."""
+    for len_a in range(0, 14):
+        for len_b in range(0, 14):
+            for budget in range(0, 20):
+                a, b = list(range(len_a)), list(range(100, 100 + len_b))
+                assert truncate_original(a, b, budget) == google_truncate_seq_pair(a, b, budget), (len_a, len_b, budget)
+    assert truncate_original([1, 2, 3, 4], [5, 6, 7, 8], 5) == ([1, 2, 3], [5, 6])
+    assert truncate_longest_first([1, 2, 3, 4], [5, 6, 7, 8], 5) == ([1, 2], [5, 6, 7])
+    pairs = list(zip(_tsv_column(DATA / "glue" / "RTE" / "dev.tsv", [1]),
+                     _tsv_column(DATA / "glue" / "RTE" / "dev.tsv", [2])))[:60]
+    for a, b in pairs:
+        for max_length in (9, 16, 33, 64):
+            tokens_a, tokens_b = google_truncate_seq_pair(uncased.token_ids(a), uncased.token_ids(b), max_length - 3)
+            expected = [uncased.cls_id, *tokens_a, uncased.sep_id, *tokens_b, uncased.sep_id]
+            assert uncased.encode(a, b, max_length=max_length).input_ids == expected
+    with pytest.raises(ValueError, match="truncation='longest'"):
+        uncased.encode("a", "b", max_length=8, truncation="longest")
 
 
 def test_decode_matches_hugging_face(real_texts, uncased, hf_uncased):

@@ -12,7 +12,6 @@ finetune.json (written by `finetune`); --task must agree with it, or name the ta
 Labeled input is also scored.
 """
 
-import os
 import sys
 
 from absl import flags
@@ -53,5 +52,5 @@ def main(argv):
         return 1
     if result["metrics"]:
         print("metrics: " + " ".join(f"{k}={v:.4f}" for k, v in result["metrics"].items()))
-    print("wrote " + ", ".join(os.path.relpath(p) for p in result["paths"]))
+    print("wrote " + ", ".join(result["paths"]))
     return 0

@@ -44,13 +44,14 @@ class TextExample:
 
 
 def featurize_text_pairs(examples: Sequence[TextExample], tokenizer, max_seq_length: int, kind: str,
-                         labels: Sequence[str] = ()) -> dict:
-    """[CLS] text [SEP] (text_pair [SEP]), truncated longest-first and zero-padded to max_seq_length."""
+                         labels: Sequence[str] = (), truncation: str = "original") -> dict:
+    """[CLS] text [SEP] (text_pair [SEP]), a long pair cut by `truncation` (tokenizer.TRUNCATION), zero-padded to
+    max_seq_length."""
     if max_seq_length < 4:
         raise ValueError(f"max_seq_length must be at least 4, got {max_seq_length}")
     rows = {"input_ids": [], "attention_mask": [], "token_type_ids": []}
     for example in examples:
-        encoding = tokenizer.encode(example.text, example.text_pair, max_length=max_seq_length)
+        encoding = tokenizer.encode(example.text, example.text_pair, max_length=max_seq_length, truncation=truncation)
         rows["input_ids"].append(pad_to(encoding.input_ids, max_seq_length, tokenizer.pad_id))
         rows["attention_mask"].append(pad_to(encoding.attention_mask, max_seq_length))
         rows["token_type_ids"].append(pad_to(encoding.token_type_ids, max_seq_length))
@@ -273,8 +274,8 @@ class ClassifyTask(Task):
                 examples.append(example)
         return examples, report
 
-    def featurize(self, examples, tokenizer, max_seq_length=128):
-        return featurize_text_pairs(examples, tokenizer, max_seq_length, self.kind, self.labels)
+    def featurize(self, examples, tokenizer, max_seq_length=128, truncation="original"):
+        return featurize_text_pairs(examples, tokenizer, max_seq_length, self.kind, self.labels, truncation)
 
     def decode(self, outputs, features, examples):
         return decode_logits(outputs, len(examples), self.kind)

@@ -149,8 +149,8 @@ class GlueTask(Task):
 
     # --- features, decoding, metrics ---------------------------------------------------------------------------
 
-    def featurize(self, examples, tokenizer, max_seq_length=128):
-        return featurize_text_pairs(examples, tokenizer, max_seq_length, self.kind, self.labels)
+    def featurize(self, examples, tokenizer, max_seq_length=128, truncation="original"):
+        return featurize_text_pairs(examples, tokenizer, max_seq_length, self.kind, self.labels, truncation)
 
     def decode(self, outputs, features, examples):
         return decode_logits(outputs, len(examples), self.kind)

@@ -81,7 +81,7 @@ class MultipleChoiceTask(Task):
             path = find_split_file(path, split, _SPLIT_FILES)
         return read_swag_csv(path, self.num_choices, strict)
 
-    def featurize(self, examples, tokenizer, max_seq_length=128):
+    def featurize(self, examples, tokenizer, max_seq_length=128, truncation="original"):
         """input_ids, attention_mask, token_type_ids [N, choices, T]; labels [N] when every example has one."""
         if max_seq_length < 4:
             raise ValueError(f"max_seq_length must be at least 4, got {max_seq_length}")
@@ -90,7 +90,7 @@ class MultipleChoiceTask(Task):
             if len(example.endings) != self.num_choices:
                 raise ValueError(f"example {example.guid} has {len(example.endings)} endings, "
                                  f"the task expects {self.num_choices}")
-            per_choice = [tokenizer.encode(example.context, ending, max_length=max_seq_length)
+            per_choice = [tokenizer.encode(example.context, ending, max_length=max_seq_length, truncation=truncation)
                           for ending in example.endings]
             rows["input_ids"].append([pad_to(e.input_ids, max_seq_length, tokenizer.pad_id) for e in per_choice])
             rows["attention_mask"].append([pad_to(e.attention_mask, max_seq_length) for e in per_choice])
