@@ -10,18 +10,22 @@ into a temporary directory and renames it when complete, so a process killed mid
 the previous checkpoints intact and the next run resumes from the last complete one. Restoring takes target
 shardings, so a checkpoint written on one mesh restores onto any other (8 devices -> 1, or a new layout).
 
+The directory may be a bucket URL (gs://bucket/run/checkpoints): Orbax writes there directly, and on an object
+store it marks a finished checkpoint with a commit file instead of the rename.
+
 Kept: the last `keep_last` checkpoints plus every step that is a multiple of `keep_every` (if set).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
+
+from bert_jax import paths
 
 
 class Checkpointer:
@@ -46,8 +50,10 @@ class Checkpointer:
             cleanup_tmp_directories=True,  # leftovers of a save that was killed midway
             create=True,
         )
-        self.directory = os.path.abspath(directory)
-        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+        # A local directory is made absolute; a gs:// URL is passed on unchanged (Orbax writes it with TensorStore).
+        self.directory = paths.absolute(directory)
+        self._manager = ocp.CheckpointManager(paths.for_orbax(self.directory), options=options,
+                                              item_names=("state", "data"))
 
     # -- queries -------------------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ SIGTERM, resume. The run, top to bottom (the banner sections below follow it):
      directory `<workdir>/model` (with the fine-tuned head, so `predict` and `export-hf` read it);
   6. at the end, that model's predictions for the dev and test splits in the task's own format
      (`<workdir>/predictions`: GLUE submission TSVs, SQuAD predictions/n-best/null-odds JSON, CoNLL columns).
+
+The workdir and init_checkpoint may be bucket URLs (gs://bucket/run): their files go through bert_jax.paths.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import difflib
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 from typing import Any, Mapping, Optional, Sequence
@@ -41,7 +42,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bert_jax import optim, sharding, trainer
+from bert_jax import optim, paths, sharding, trainer
 from bert_jax.checkpoints import Checkpointer
 from bert_jax.heads import (BertForMultipleChoice, BertForQuestionAnswering, BertForSequenceClassification,
                             BertForTokenClassification)
@@ -220,7 +221,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     if not merged.init_checkpoint:
         raise ValueError("config.init_checkpoint: missing; give a bert_jax model directory (python -m bert_jax "
                          "convert writes one from a Google or Hugging Face checkpoint) or a pretraining workdir")
-    if not os.path.isdir(merged.init_checkpoint):
+    if not paths.isdir(merged.init_checkpoint):
         raise FileNotFoundError(f"config.init_checkpoint={merged.init_checkpoint!r}: no such directory")
     # -- the data --
     d = merged.data
@@ -443,18 +444,18 @@ def load_encoder(config, mesh) -> tuple[BertConfig, dict, Any, str]:
     where = f"config.init_checkpoint={path!r}"
     overrides = model_overrides(config)
     try:
-        if os.path.exists(os.path.join(path, "bert_jax.json")):
+        if paths.exists(os.path.join(path, "bert_jax.json")):
             from bert_jax.pretrained import load_pretrained
 
             pretrained = load_pretrained(path, config_overrides=overrides)
             bert, params, tokenizer = pretrained
             what = f"bert_jax model directory {path}"
-        elif os.path.isdir(os.path.join(path, "checkpoints")):
+        elif paths.isdir(os.path.join(path, "checkpoints")):
             bert, params, tokenizer, what = _load_pretraining_workdir(path, config.init_checkpoint_step, overrides,
                                                                       mesh)
         else:
             hint = (f"; did you mean {os.path.join(path, 'model')}?"
-                    if os.path.exists(os.path.join(path, "model", "bert_jax.json")) else
+                    if paths.exists(os.path.join(path, "model", "bert_jax.json")) else
                     "; convert a Google or Hugging Face checkpoint first: python -m bert_jax convert")
             raise ValueError(f"neither a bert_jax model directory (bert_jax.json) nor a pretraining workdir "
                              f"(checkpoints/){hint}")
@@ -478,10 +479,9 @@ def _load_pretraining_workdir(path: str, step: int, overrides: dict, mesh):
     from bert_jax.tokenizer import load_tokenizer
 
     config_file = os.path.join(path, "config.json")
-    if not os.path.exists(config_file):
+    if not paths.exists(config_file):
         raise FileNotFoundError(f"{config_file}: missing (the pretraining run's config)")
-    with open(config_file) as f:
-        raw = json.load(f)
+    raw = _read_json(config_file)
     try:
         pretraining = pretrain.validate_config(ml_collections.ConfigDict(raw))
     except ValueError as e:
@@ -493,8 +493,8 @@ def _load_pretraining_workdir(path: str, step: int, overrides: dict, mesh):
         tokenizer = load_tokenizer(data.vocab_file, lower_case=data.lower_case)
     elif pretraining.train.init_checkpoint:
         tokenizer = load_tokenizer(pretraining.train.init_checkpoint)
-    elif os.path.exists(os.path.join(path, "vocab")):
-        tokenizer = load_tokenizer(os.path.join(path, "vocab"))
+    elif paths.exists(os.path.join(path, "vocab")):
+        tokenizer = load_tokenizer(paths.download_dir(os.path.join(path, "vocab")))
     else:
         raise ValueError(f"{path}: the pretraining run has no tokenizer (synthetic data?); fine-tuning needs one")
     pretraining.model.vocab_size = pretraining.model.vocab_size or tokenizer.vocab_size
@@ -732,30 +732,27 @@ def finetune_record(config, task, step: int, metrics: Mapping) -> dict:
     return {"task": task.name, "task_options": options, "kind": task.kind, "labels": list(task.labels),
             "data": {k: config.data[k] for k in ("max_seq_length", "truncation", "doc_stride", "max_query_length")},
             "decode": dict(config.decode), "step": step, "metrics": dict(metrics),
-            "init_checkpoint": os.path.abspath(config.init_checkpoint)}
+            "init_checkpoint": paths.absolute(config.init_checkpoint)}
 
 
 def export_model(directory: str, bert: BertConfig, params, tokenizer, task, record: dict) -> None:
-    """Writes (or atomically replaces) a bert_jax model directory holding the encoder and the fine-tuned head."""
+    """Writes (or replaces: atomically on a local disk, manifest last in a bucket, see paths.publish_dir) a bert_jax
+    model directory holding the encoder and the fine-tuned head."""
     from bert_jax.pretrain import host_params
-    from bert_jax.pretrained import save_pretrained
+    from bert_jax.pretrained import MANIFEST_FILE, save_pretrained
 
     params = host_params(params)
     staging = f"{directory}.tmp-{record['step']}"
-    if jax.process_index() == 0 and os.path.exists(staging):
-        shutil.rmtree(staging)
+    if jax.process_index() == 0 and paths.exists(staging):
+        paths.rmtree(staging)
     _sync("finetune export staging")
     labels = list(task.labels) if task.kind in ("classification", "tagging") else None
     save_pretrained(staging, bert, params, tokenizer, task=HF_TASK[task.kind], labels=labels, fresh=[],
                     source={"format": "bert_jax", "finetuned_from": record["init_checkpoint"],
                             "task": task.name, "step": record["step"]})
     if jax.process_index() == 0:
-        with open(os.path.join(staging, FINETUNE_FILE), "w") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
+        _write_json(os.path.join(staging, FINETUNE_FILE), record)
+        paths.publish_dir(staging, directory, last=MANIFEST_FILE)
     _sync("finetune export done")
 
 
@@ -809,8 +806,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, devices: Optional[S
     task = get_task(config.task.name, **_task_options(config))
     task, train, dev, test = load_data(config, task, tokenizer)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2) + "\n")
+        paths.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2) + "\n")
 
     objective = FinetuneObjective(task.kind, bert, task.num_labels, getattr(task, "num_choices", 4))
     total_steps, steps_per_epoch = training_steps(config, len(train))
@@ -863,7 +859,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
     config, workdir, mesh, task = setup.config, setup.workdir, setup.mesh, setup.task
     model_dir = os.path.join(workdir, "model")
     best_file = os.path.join(workdir, "best.json")
-    best = _read_json(best_file) if os.path.exists(best_file) else None
+    best = _read_json(best_file) if paths.exists(best_file) else None
     forward = make_forward(setup.objective, mesh, setup.shardings.params)
 
     def outputs_for(params):
@@ -910,7 +906,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
             peak_flops_per_device=peak_flops_per_device(mesh.devices.flat[0], config.train.peak_flops_per_device),
             hooks=hooks)
         finished = int(state.step) == setup.total_steps
-        if finished and (not config.train.keep_best or not setup.dev or not os.path.exists(model_dir)):
+        if finished and (not config.train.keep_best or not setup.dev or not paths.exists(model_dir)):
             keep(state, {})  # the last weights: no dev set to choose by, or keep_best=False
     finally:
         setup.checkpointer.close()
@@ -927,15 +923,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
     params = jax.device_put(exported.params, setup.shardings.params)
     output_dir = os.path.join(workdir, "predictions")
     metrics, predictions = evaluate_splits(task, [*setup.dev, *setup.test], outputs_for(params), config.decode)
-    paths = []
+    written = []
     if jax.process_index() == 0:
-        for split in [*setup.dev, *setup.test]:
-            paths += task.write_predictions(predictions[split.name], split.examples, output_dir, split.name)
+        with paths.written_locally(output_dir) as local:  # the tasks' writers use local-file calls
+            for split in [*setup.dev, *setup.test]:
+                written += [os.path.join(output_dir, os.path.relpath(path, local)) for path in
+                            task.write_predictions(predictions[split.name], split.examples, local, split.name)]
         _write_json(os.path.join(workdir, "eval_results.json"), {"step": (best or {}).get("step"), **metrics})
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     _announce(f"{task.name}: model {model_dir} (step {(best or {}).get('step')}){': ' + shown if shown else ''}; "
               f"predictions in {output_dir}; {time.time() - started:.0f}s")
-    result.update(metrics=metrics, predictions=paths)
+    result.update(metrics=metrics, predictions=written)
     return result
 
 
@@ -947,14 +945,11 @@ def _improves(score: float, best: Optional[dict]) -> bool:
 
 
 def _read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(paths.read_text(path))
 
 
 def _write_json(path: str, content) -> None:
-    with open(path, "w") as f:
-        json.dump(content, f, indent=2)
-        f.write("\n")
+    paths.write_text(path, json.dumps(content, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -977,7 +972,7 @@ def predict(checkpoint: str, input_path: str, output: str, *, task_name: Optiona
     from bert_jax.tasks import get_task
 
     record_file = os.path.join(checkpoint, FINETUNE_FILE)
-    record = _read_json(record_file) if os.path.exists(record_file) else None
+    record = _read_json(record_file) if paths.exists(record_file) else None
     manifest = read_manifest(checkpoint)
     if record is None and not task_name:
         raise ValueError(f"{checkpoint}: no {FINETUNE_FILE} (not written by `finetune`): give the task (--task)")
@@ -1019,25 +1014,28 @@ def predict(checkpoint: str, input_path: str, output: str, *, task_name: Optiona
     outputs = run_model(forward, placed, split_data.features, batch_size, mesh)
     predictions = decode(task, outputs, split_data, decode_options)
     metrics = task.evaluate(predictions, examples) if split_data.labeled else None
-    paths = write_predictions_to(output, task, predictions, examples, split)
-    return {"paths": paths, "metrics": metrics, "report": report}
+    written = write_predictions_to(output, task, predictions, examples, split)
+    return {"paths": written, "metrics": metrics, "report": report}
 
 
 def write_predictions_to(output: str, task, predictions, examples, split: str) -> list:
     """The task's prediction files at `output`: a directory (the task's names) or a file (the first file the task
     writes; the others beside it as <stem>.<what><ext>)."""
-    if output.endswith(os.sep) or os.path.isdir(output):
-        return task.write_predictions(predictions, examples, output, split)
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
+    if output.endswith(("/", os.sep)) or paths.isdir(output):
+        with paths.written_locally(output) as local:  # the tasks' writers use local-file calls
+            written = task.write_predictions(predictions, examples, local, split)
+        return [os.path.join(output, os.path.relpath(path, local)) for path in written]
+    parent = os.path.dirname(paths.absolute(output))
+    paths.makedirs(parent)
     stem, _ = os.path.splitext(output)
-    with tempfile.TemporaryDirectory(dir=parent) as scratch:
+    # Scratch next to the output on a local disk (the files are then renamed into place); a bucket gets uploads.
+    with tempfile.TemporaryDirectory(dir=None if paths.is_remote(parent) else parent) as scratch:
         written = task.write_predictions(predictions, examples, scratch, split)
-        paths = [output]
-        os.replace(written[0], output)
+        targets = [output]
         for extra in written[1:]:
             name = os.path.basename(extra)
             name = name[len(split) + 1:] if name.startswith(f"{split}_") else name
-            paths.append(f"{stem}.{name}")
-            os.replace(extra, paths[-1])
-    return paths
+            targets.append(f"{stem}.{name}")
+        for source, target in zip(written, targets):
+            paths.put(source, target)
+    return targets

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import shutil
 import uuid
 from typing import Any, Mapping, Optional, Sequence
 
@@ -31,7 +30,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bert_jax import optim, sharding, trainer
+from bert_jax import optim, paths, sharding, trainer
 from bert_jax.checkpoints import Checkpointer
 from bert_jax.model import SIZES, BertConfig, BertForPreTraining, dummy_inputs
 from bert_jax.pretrained import Pretrained
@@ -182,7 +181,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
             bad(key, "must be >= 0")
     if merged.optimizer.warmup_steps > merged.train.num_steps:
         bad("optimizer.warmup_steps", f"exceeds train.num_steps={merged.train.num_steps}")
-    if merged.train.init_checkpoint and not os.path.isdir(merged.train.init_checkpoint):
+    if merged.train.init_checkpoint and not paths.isdir(merged.train.init_checkpoint):
         bad("train.init_checkpoint", "no such directory (a bert_jax model directory from `convert` or a run)")
     for key, axis_size in merged.mesh.items():
         if axis_size == 0 or axis_size < -1:
@@ -254,14 +253,14 @@ def check_against_mesh(config, mesh) -> None:
 
 
 def prepare_workdir(workdir: str) -> str:
-    """The absolute workdir, created; a clear error if it cannot be written."""
-    path = os.path.abspath(os.path.expanduser(workdir))
+    """The absolute workdir (a bucket URL such as gs://bucket/run as given), created; a clear error if it cannot
+    be written. Every process checks: each writes its shards of the checkpoints there."""
+    path = paths.absolute(workdir)
     probe = os.path.join(path, f".write_test_{uuid.uuid4().hex}")
     try:
-        os.makedirs(path, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        paths.makedirs(path)
+        paths.write_text(probe, "ok")
+        paths.remove(probe)
     except OSError as e:
         raise ValueError(f"workdir {path}: cannot be written ({e.strerror or e})") from None
     return path
@@ -297,11 +296,15 @@ def prepare_text(config, workdir: str) -> tuple[Optional[Any], list[str], list[s
 def builtin_text(config, workdir: str) -> tuple[list[str], list[str]]:
     """CPython's documentation as a corpus (bert_jax/builtin_corpus.py); one file is held out.
 
-    Process 0 writes it (once: a resumed run finds it complete); the others then read its manifest."""
+    Process 0 writes it (once: a resumed run finds it complete); the others then read its manifest. The input
+    pipeline reads local files, so a run whose workdir is in a bucket keeps the corpus in a local directory of each
+    host instead (bert_jax.paths.local_mirror; the corpus is deterministic, so every host writes the same)."""
     from bert_jax import builtin_corpus
 
+    directory = paths.local_mirror(workdir, "corpus") if paths.is_remote(workdir) else os.path.join(workdir, "corpus")
+
     def write():
-        return builtin_corpus.write_corpus(os.path.join(workdir, "corpus"),
+        return builtin_corpus.write_corpus(directory,
                                            max_documents=config.data.builtin_max_documents or None, num_files=10)
 
     if jax.process_index() == 0:
@@ -313,15 +316,23 @@ def builtin_text(config, workdir: str) -> tuple[list[str], list[str]]:
 
 
 def builtin_vocab(files: Sequence[str], directory: str, vocab_size: int, lower_case: bool = True):
+    """The vocabulary in `directory` (the workdir's vocab/), trained by process 0 if it is not there yet.
+
+    The tokenizer code reads and writes local files: for a directory in a bucket it trains into a local directory
+    and uploads the result, and every process reads a downloaded copy."""
     from bert_jax.tokenizer import load_tokenizer
 
-    if not os.path.exists(os.path.join(directory, "vocab.txt")) and jax.process_index() == 0:
+    remote = paths.is_remote(directory)
+    if not paths.exists(os.path.join(directory, "vocab.txt")) and jax.process_index() == 0:
         from bert_jax.tokenizer_training import train_tokenizer
 
         _announce(f"training a {vocab_size}-piece WordPiece vocabulary on {len(files)} files")
-        train_tokenizer(list(files), directory, kind="wordpiece", vocab_size=vocab_size, lower_case=lower_case)
+        local = paths.local_mirror(directory, "trained") if remote else directory
+        train_tokenizer(list(files), local, kind="wordpiece", vocab_size=vocab_size, lower_case=lower_case)
+        if remote:
+            paths.upload_dir(local, directory)
     _sync("builtin vocabulary")
-    return load_tokenizer(directory)
+    return load_tokenizer(paths.download_dir(directory))
 
 
 def _sync(name: str) -> None:
@@ -561,25 +572,23 @@ def host_params(params) -> Any:
 
 
 def export_model(directory: str, bert: BertConfig, params, tokenizer, step: int) -> dict:
-    """Writes (or atomically replaces) a bert_jax model directory with the current weights; returns the
-    host copy of the parameters (canonical layout)."""
+    """Writes (or replaces: atomically on a local disk, manifest last in a bucket, see paths.publish_dir) a
+    bert_jax model directory with the current weights; returns the host copy of the parameters (canonical layout)."""
     from bert_jax.model import is_scanned, unscan_params
-    from bert_jax.pretrained import save_pretrained
+    from bert_jax.pretrained import MANIFEST_FILE, save_pretrained
 
     params = host_params(params)
     if is_scanned(params):
         params = unscan_params(params)
     staging = f"{directory}.tmp-{step}"
-    if jax.process_index() == 0 and os.path.exists(staging):
-        shutil.rmtree(staging)
+    if jax.process_index() == 0 and paths.exists(staging):
+        paths.rmtree(staging)
     _sync("export staging")
     # Every process calls save_pretrained: its Orbax save synchronises them (process 0 writes the arrays).
     save_pretrained(staging, bert, params, tokenizer, source={"format": "bert_jax", "pretrained_steps": step})
     _sync("export written")
     if jax.process_index() == 0:
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
+        paths.publish_dir(staging, directory, last=MANIFEST_FILE)
         _announce(f"exported the model at step {step} to {directory}")
     _sync("export done")
     return params
@@ -604,8 +613,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     tokenizer, train_files, eval_files = prepare_text(config, workdir)
     bert = model_config(config, tokenizer)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2) + "\n")
+        paths.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2) + "\n")
 
     objective = PretrainingObjective(bert)
     tx, schedule = _optimizer(config)

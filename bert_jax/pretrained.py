@@ -9,16 +9,20 @@
 
     save_pretrained(DIR, config, params, tokenizer, ...) -> manifest
     load_pretrained(DIR, config_overrides=None) -> Pretrained(config, params, tokenizer)
+
+DIR may be a local directory or a bucket URL (gs://bucket/run/model): the small files go through bert_jax.paths,
+the parameters through Orbax, which opens the URL itself.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 import numpy as np
 
+from bert_jax import paths
 from bert_jax.model import BertConfig
 
 FORMAT = "bert_jax"
@@ -42,6 +46,9 @@ def save_pretrained(directory, config: BertConfig, params: Mapping, tokenizer, *
     `params` may be scanned (stored unscanned) and may live on devices (fetched to host). `source` says where the
     weights came from (default: trained with bert_jax), `fresh` which parts were initialised rather than loaded,
     `task`/`labels` describe a fine-tuning head (see convert.HF_ARCHITECTURES for the task names).
+
+    On several processes every one must call this: the Orbax save is collective. Only process 0 writes the small
+    files (config, tokenizer, manifest).
     """
     import jax
     import orbax.checkpoint as ocp
@@ -50,32 +57,36 @@ def save_pretrained(directory, config: BertConfig, params: Mapping, tokenizer, *
     from bert_jax.model import is_scanned, unscan_params
     from bert_jax.tokenizer import save_tokenizer
 
-    directory = Path(directory).resolve()
-    if (directory / PARAMS_DIR).exists():
-        raise ValueError(f"{directory / PARAMS_DIR} already exists; save to a new directory")
+    directory = paths.absolute(directory)
+    params_dir = os.path.join(directory, PARAMS_DIR)
+    if paths.exists(params_dir):
+        raise ValueError(f"{params_dir} already exists; save to a new directory")
     if is_scanned(params):
         params = unscan_params(params)
     params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), dict(params))
     config = config.replace(scan_layers=False)
     parts = check_params(params, config, where="save_pretrained")
-    directory.mkdir(parents=True, exist_ok=True)
-
-    (directory / CONFIG_FILE).write_text(config.to_json() + "\n")
-    save_tokenizer(tokenizer, str(directory))
+    writes_files = jax.process_index() == 0
+    if writes_files:
+        paths.makedirs(directory)
+        paths.write_text(os.path.join(directory, CONFIG_FILE), config.to_json() + "\n")
+        with paths.written_locally(directory) as local:  # save_tokenizer writes with local-file calls
+            save_tokenizer(tokenizer, local)
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / PARAMS_DIR, params)
+        checkpointer.save(paths.for_orbax(params_dir), params)
         checkpointer.wait_until_finished()
     import bert_jax
 
     manifest = dict(format=FORMAT, format_version=FORMAT_VERSION, bert_jax_version=bert_jax.__version__,
                     parts=parts, fresh=list(fresh), task=task, labels=list(labels) if labels else None,
                     source=dict(source) if source else {"format": "bert_jax"}, warnings=list(warnings))
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    if writes_files:  # last: a directory with a manifest is complete
+        paths.write_text(os.path.join(directory, MANIFEST_FILE), json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
 def read_manifest(directory) -> dict:
-    path = Path(directory) / MANIFEST_FILE
+    path = os.path.join(os.fspath(directory), MANIFEST_FILE)
     _require(path, "the bert_jax manifest")
     manifest = _read_json(path)
     if manifest.get("format") != FORMAT:
@@ -87,9 +98,9 @@ def read_manifest(directory) -> dict:
 
 
 def load_config(directory, config_overrides: Optional[Mapping] = None) -> BertConfig:
-    path = Path(directory) / CONFIG_FILE
+    path = os.path.join(os.fspath(directory), CONFIG_FILE)
     _require(path, "the model config")
-    config = BertConfig.from_dict(_read_json(path), source=str(path))
+    config = BertConfig.from_dict(_read_json(path), source=path)
     if config_overrides:
         unknown = sorted(set(config_overrides) - set(config.to_dict()))
         if unknown:
@@ -111,34 +122,35 @@ def load_pretrained(directory, config_overrides: Optional[Mapping] = None) -> Pr
     from bert_jax.model import scan_params
     from bert_jax.tokenizer import load_tokenizer
 
-    directory = Path(directory)
-    if not directory.is_dir():
+    directory = os.fspath(directory)
+    if not paths.isdir(directory):
         raise FileNotFoundError(f"{directory}: no such model directory")
     read_manifest(directory)
     config = load_config(directory, config_overrides)
-    params_dir = directory / PARAMS_DIR
+    params_dir = os.path.join(directory, PARAMS_DIR)
     _require(params_dir, "the Orbax parameter checkpoint")
     try:
         with ocp.StandardCheckpointer() as checkpointer:
-            params = checkpointer.restore(params_dir.resolve())
+            params = checkpointer.restore(paths.for_orbax(params_dir))
     except (FileNotFoundError, ValueError, OSError) as e:
         raise ValueError(f"{params_dir}: cannot read the parameter checkpoint ({e})") from None
     check_params(params, config.replace(scan_layers=False),
-                 where=f"{directory / CONFIG_FILE} vs {params_dir}")
-    tokenizer = load_tokenizer(str(directory))
+                 where=f"{os.path.join(directory, CONFIG_FILE)} vs {params_dir}")
+    # The tokenizer reads local files: a model directory in a bucket has its small files downloaded first.
+    tokenizer = load_tokenizer(paths.download_dir(directory))
     if config.scan_layers:
         params = scan_params(params)
     return Pretrained(config, params, tokenizer)
 
 
-def _require(path: Path, what: str) -> None:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing ({what}); is {path.parent} a bert_jax model directory "
+def _require(path: str, what: str) -> None:
+    if not paths.exists(path):
+        raise FileNotFoundError(f"{path}: missing ({what}); is {os.path.dirname(path)} a bert_jax model directory "
                                 f"(python -m bert_jax convert writes one)?")
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: str) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(paths.read_text(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None

@@ -6,7 +6,8 @@ Only process 0 writes; on the others MetricsWriter does nothing. In the workdir:
                        evaluation lines carry "eval_"-prefixed keys
     tensorboard/       TensorBoard event files (tf.summary), train and eval scalars
 
-and one console line per logged step with a progress bar and the time left.
+and one console line per logged step with a progress bar and the time left. The workdir may be a local directory
+or a bucket URL (gs://bucket/run): metrics.jsonl is written through bert_jax.paths, and tf.summary opens URLs itself.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Mapping, Optional
 
 import jax
 
+from bert_jax import paths
 from bert_jax.model import BertConfig
 
 # ----------------------------------------------------------------------------------------------------
@@ -118,8 +120,8 @@ class MetricsWriter:
         self._summary = None
         if not self.enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        paths.makedirs(workdir)
+        self._jsonl = paths.open(os.path.join(workdir, "metrics.jsonl"), "a")
         if tensorboard:
             import tensorflow as tf  # heavy: imported only where logs are written
 

@@ -54,6 +54,7 @@ examples:
   ACCELERATOR_TYPE=v4-32 CAPACITY=spot BUCKET=my-bucket DATA_GCS=gs://my-bucket/bert_data \
       INPUT_FILES=~/bert_jax_data/wiki VOCAB_FILE=~/bert_jax_data/vocab.txt scripts/tpu_vm_pretrain.sh all
   BUCKET=my-bucket scripts/tpu_vm_pretrain.sh run -- --config.train.num_steps=100000
+  WORKDIR=gs://my-bucket/runs/base-lamb scripts/tpu_vm_pretrain.sh run -- --config.optimizer.name=lamb
 EOF
 }
 
