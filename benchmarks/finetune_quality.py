@@ -12,7 +12,7 @@ LayerNorm and biases, the lr of step 0 is 0). Only the dropout masks differ (eac
 a point between the two is seed noise. `--dropout 0` removes that noise, so both runs compute the same function from
 the same start, and what is left is floating-point rounding: the sharper test of faithfulness.
 
-    python benchmarks/finetune_quality.py      # CPU-sized: SST-2 3000 examples at 64 tokens, RTE 1200 at 128
+    python benchmarks/finetune_quality.py      # CPU-sized: SST-2 5000 examples at 64 tokens, RTE 1200 at 128
     python benchmarks/finetune_quality.py --tasks sst2 --train_examples 67349 --max_seq_length 128   # full SST-2
     python benchmarks/finetune_quality.py --dropout 0 --seeds 0,1     # no dropout: the two should nearly coincide
 
@@ -190,7 +190,7 @@ def torch_finetune(config, hf_directory: Path, threads: int) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default="sst2,rte")
-    parser.add_argument("--train_examples", type=int, default=3000, help="SST-2 training examples (first N)")
+    parser.add_argument("--train_examples", type=int, default=5000, help="SST-2 training examples (first N)")
     parser.add_argument("--rte_train_examples", type=int, default=1200, help="RTE training examples (0: all 2490)")
     parser.add_argument("--max_seq_length", type=int, default=64, help="SST-2 (RTE: --rte_max_seq_length)")
     parser.add_argument("--rte_max_seq_length", type=int, default=128)
