@@ -99,58 +99,40 @@ def _os_errors(path) -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def exists(path) -> bool:
+def _either(path, local, remote: str):
+    """`local(path)` for a local path; tf.io.gfile's function named `remote` for a URL, its errors as OSError."""
     path = os.fspath(path)
     if not is_remote(path):
-        return os.path.exists(path)
+        return local(path)
     with _os_errors(path):
-        return _gfile().exists(path)
+        return getattr(_gfile(), remote)(path)
+
+
+def exists(path) -> bool:
+    return _either(path, lambda p: os.path.exists(p), "exists")
 
 
 def isdir(path) -> bool:
-    path = os.fspath(path)
-    if not is_remote(path):
-        return os.path.isdir(path)
-    with _os_errors(path):
-        return _gfile().isdir(path)
+    return _either(path, lambda p: os.path.isdir(p), "isdir")
 
 
 def listdir(path) -> list[str]:
     """The names in a directory (sorted; without the trailing '/' some object stores give directories)."""
-    path = os.fspath(path)
-    if not is_remote(path):
-        return sorted(os.listdir(path))
-    with _os_errors(path):
-        return sorted(name.rstrip("/") for name in _gfile().listdir(path))
+    return sorted(name.rstrip("/") for name in _either(path, lambda p: os.listdir(p), "listdir"))
 
 
 def makedirs(path) -> None:
     """Creates a directory and its parents; fine if it exists. (A bucket has no directories: this is cheap.)"""
-    path = os.fspath(path)
-    if not is_remote(path):
-        os.makedirs(path, exist_ok=True)
-        return
-    with _os_errors(path):
-        _gfile().makedirs(path)
+    _either(path, lambda p: os.makedirs(p, exist_ok=True), "makedirs")
 
 
 def remove(path) -> None:
-    path = os.fspath(path)
-    if not is_remote(path):
-        os.remove(path)
-        return
-    with _os_errors(path):
-        _gfile().remove(path)
+    _either(path, lambda p: os.remove(p), "remove")
 
 
 def rmtree(path) -> None:
     """Deletes a directory and everything in it."""
-    path = os.fspath(path)
-    if not is_remote(path):
-        shutil.rmtree(path)
-        return
-    with _os_errors(path):
-        _gfile().rmtree(path)
+    _either(path, lambda p: shutil.rmtree(p), "rmtree")
 
 
 def copy(source, target) -> None:
