@@ -281,16 +281,7 @@ class Tokenizer:
 def truncate_original(first: list, second: list | None, budget: int) -> tuple[list, list | None]:
     """Google's `_truncate_seq_pair` (run_classifier.py): drop the last token of the longer side, of the second on a
     tie, until the pair fits. A short side is kept whole; when both are cut, the first keeps the odd token."""
-    if second is None:
-        return first[:budget], None
-    if len(first) + len(second) <= budget:
-        return first, second
-    short = min(len(first), len(second))
-    if short <= budget // 2:  # only the longer side is cut
-        keep_first, keep_second = (budget - short, short) if len(first) > len(second) else (short, budget - short)
-    else:  # both are cut down to half each; pops alternate, the second going first on the tie
-        keep_first, keep_second = budget - budget // 2, budget // 2
-    return first[:keep_first], second[:keep_second]
+    return _cut_to_budget(first, second, budget, first_keeps_odd=True)
 
 
 def truncate_longest_first(first: list, second: list | None, budget: int) -> tuple[list, list | None]:
@@ -299,19 +290,22 @@ def truncate_longest_first(first: list, second: list | None, budget: int) -> tup
     A short side that fits in half the budget is kept whole; otherwise both get half, the longer side (the
     second on a tie) the odd item.
     """
+    return _cut_to_budget(first, second, budget, first_keeps_odd=second is not None and len(first) > len(second))
+
+
+def _cut_to_budget(first: list, second: list | None, budget: int, first_keeps_odd: bool):
+    """What both rules share: the longer side is cut first; a short side that fits in half the budget is kept
+    whole; otherwise each side keeps half and `first_keeps_odd` says who keeps an odd budget's extra item."""
     if second is None:
         return first[:budget], None
     if len(first) + len(second) <= budget:
         return first, second
-    short, long_ = sorted((len(first), len(second)))
-    keep_long = long_ if short > budget else max(short, budget - short)
-    keep_short = short
-    if keep_short + keep_long > budget:
-        keep_short = budget // 2
-        keep_long = keep_short + budget % 2
-    if len(first) > len(second):
-        return first[:keep_long], second[:keep_short]
-    return first[:keep_short], second[:keep_long]
+    short = min(len(first), len(second))
+    if short <= budget // 2:  # only the longer side is cut
+        return (first[:budget - short], second) if len(first) > len(second) else (first, second[:budget - short])
+    half, odd = budget // 2, budget % 2
+    keep_first = half + odd if first_keeps_odd else half
+    return first[:keep_first], second[:budget - keep_first]
 
 
 # How a pair that is too long is cut. The two differ only in which side keeps the odd token when both are cut.
