@@ -355,15 +355,15 @@ def read_split(task, split: str, source: str, *, strict: bool, tfds_data_dir: st
 
 
 def featurize(task, examples, tokenizer, data) -> dict:
-    """The task's features with the config's (or a model directory's) featurization options."""
+    """The task's features with the config's (or a model directory's) featurization options: each family takes
+    its own (tasks.Task.featurize rejects any other)."""
     if task.kind == "span":
-        return task.featurize(examples, tokenizer, max_seq_length=data["max_seq_length"],
-                              doc_stride=data["doc_stride"], max_query_length=data["max_query_length"])
-    if task.kind == "tagging":  # one sequence per example (windows): no pair to truncate
-        return task.featurize(examples, tokenizer, max_seq_length=data["max_seq_length"])
-    # Directories written before the option existed were trained with Hugging Face's truncation.
-    return task.featurize(examples, tokenizer, max_seq_length=data["max_seq_length"],
-                          truncation=data.get("truncation", "longest_first"))
+        options = {"doc_stride": data["doc_stride"], "max_query_length": data["max_query_length"]}
+    elif task.kind == "tagging":  # one sequence per example (windows): no pair to truncate
+        options = {}
+    else:  # directories written before the option existed were trained with Hugging Face's truncation
+        options = {"truncation": data.get("truncation", "longest_first")}
+    return task.featurize(examples, tokenizer, max_seq_length=data["max_seq_length"], **options)
 
 
 def decode(task, outputs, split: Split, decode_options: Mapping):
@@ -925,10 +925,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
     metrics, predictions = evaluate_splits(task, [*setup.dev, *setup.test], outputs_for(params), config.decode)
     written = []
     if jax.process_index() == 0:
-        with paths.written_locally(output_dir) as local:  # the tasks' writers use local-file calls
-            for split in [*setup.dev, *setup.test]:
-                written += [os.path.join(output_dir, os.path.relpath(path, local)) for path in
-                            task.write_predictions(predictions[split.name], split.examples, local, split.name)]
+        written = write_into_directory(output_dir, task, [(predictions[split.name], split.examples, split.name)
+                                                          for split in [*setup.dev, *setup.test]])
         _write_json(os.path.join(workdir, "eval_results.json"), {"step": (best or {}).get("step"), **metrics})
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     _announce(f"{task.name}: model {model_dir} (step {(best or {}).get('step')}){': ' + shown if shown else ''}; "
@@ -1018,13 +1016,20 @@ def predict(checkpoint: str, input_path: str, output: str, *, task_name: Optiona
     return {"paths": written, "metrics": metrics, "report": report}
 
 
+def write_into_directory(directory: str, task, items) -> list[str]:
+    """The task's prediction files for each (predictions, examples, split name) in `directory`, local or in a bucket
+    (the tasks' writers use local-file calls, so a bucket gets them uploaded); returns their paths there."""
+    with paths.written_locally(directory) as local:
+        written = [path for predictions, examples, split in items
+                   for path in task.write_predictions(predictions, examples, local, split)]
+    return [os.path.join(directory, os.path.relpath(path, local)) for path in written]
+
+
 def write_predictions_to(output: str, task, predictions, examples, split: str) -> list:
     """The task's prediction files at `output`: a directory (the task's names) or a file (the first file the task
     writes; the others beside it as <stem>.<what><ext>)."""
     if output.endswith(("/", os.sep)) or paths.isdir(output):
-        with paths.written_locally(output) as local:  # the tasks' writers use local-file calls
-            written = task.write_predictions(predictions, examples, local, split)
-        return [os.path.join(output, os.path.relpath(path, local)) for path in written]
+        return write_into_directory(output, task, [(predictions, examples, split)])
     parent = os.path.dirname(paths.absolute(output))
     paths.makedirs(parent)
     stem, _ = os.path.splitext(output)
