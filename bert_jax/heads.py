@@ -18,13 +18,14 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from bert_jax.dropout import Dropout
 from bert_jax.model import BertConfig, BertModel, Dense
 
 
 def _classify(config: BertConfig, x, num_labels: int, dropout_rate: Optional[float], deterministic: bool):
     """dropout -> dense `classifier`; called inside a head's compact __call__, so the params sit at its top."""
     rate = config.hidden_dropout_rate if dropout_rate is None else dropout_rate
-    x = nn.Dropout(rate)(x, deterministic=deterministic)
+    x = Dropout(rate)(x, deterministic=deterministic)
     return Dense(num_labels, ("embed", None), config, name="classifier")(x).astype(jnp.float32)
 
 

@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bert_jax.dropout import Dropout
+
 # ----------------------------------------------------------------------------------------------------
 # Config
 # ----------------------------------------------------------------------------------------------------
@@ -212,7 +214,7 @@ class Embeddings(nn.Module):
         self.position_embeddings = _param(self, "position_embeddings", init,
                                           (c.max_position_embeddings, c.hidden_size), (None, "embed"))
         self.layer_norm = LayerNorm(c, name="LayerNorm")
-        self.dropout = nn.Dropout(c.hidden_dropout_rate)
+        self.dropout = Dropout(c.hidden_dropout_rate)
 
     def __call__(self, input_ids, token_type_ids, deterministic: bool):
         seq_len = input_ids.shape[1]
@@ -255,7 +257,7 @@ class SelfAttention(nn.Module):
             logits = jnp.einsum("btnd,bsnd->bnts", q, k) * jnp.asarray(scale, q.dtype)
             logits = jnp.where(key_mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
-            probs = nn.Dropout(c.attention_dropout_rate)(probs, deterministic=deterministic)
+            probs = Dropout(c.attention_dropout_rate)(probs, deterministic=deterministic)
             out = jnp.einsum("bnts,bsnd->btnd", probs, v)
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=key_mask, scale=scale, implementation=impl)
@@ -272,7 +274,7 @@ class Output(nn.Module):
     def __call__(self, x, residual, deterministic: bool):
         c = self.config
         x = Dense(c.hidden_size, (self.in_axis, "embed"), c, name="dense")(x)
-        x = nn.Dropout(c.hidden_dropout_rate)(x, deterministic=deterministic)
+        x = Dropout(c.hidden_dropout_rate)(x, deterministic=deterministic)
         return LayerNorm(c, name="LayerNorm")(x + residual)
 
 
