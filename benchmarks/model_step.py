@@ -4,17 +4,16 @@ One step = forward + backward + AdamW update, MLM on the gathered masked positio
 both in float32 on the CPU (or whatever JAX/PyTorch default device is), measured in the same run:
 
     python benchmarks/model_step.py                       # small: L4/H512, batch 32, seq 128, 20 masked positions
-    python benchmarks/model_step.py --size tiny --steps 20 --threads 2
+    python benchmarks/model_step.py --size tiny --rounds 6 --threads 2
 
-Prints a table with the median step time of each and the ratio (goal: bert_jax at least 2x faster).
+Each runs in its own process and the two alternate in rounds of a few steps (benchmarks/timing.py). Prints
+the median step time of each and the ratio (goal: bert_jax at least 2x faster).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ import transformers
 
 from bert_jax import model
 from bert_jax.convert import config_to_hf
+from timing import measure  # benchmarks/timing.py, next to this script
 
 
 def make_batch(config, batch, length, predictions, seed=0):
@@ -38,17 +38,6 @@ def make_batch(config, batch, length, predictions, seed=0):
         masked_lm_weights=np.ones((batch, predictions), np.float32),
         next_sentence_labels=rng.integers(0, 2, (batch,)),
     )
-
-
-def time_steps(step, steps, warmup):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bert_jax_step(config, batch):
@@ -86,7 +75,9 @@ def bert_jax_step(config, batch):
     return run
 
 
-def hugging_face_step(config, batch):
+def hugging_face_step(config, batch, threads=0):
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     hf = transformers.BertForPreTraining._from_config(transformers.BertConfig(**config_to_hf(config)),
                                                       attn_implementation="sdpa").train()
@@ -113,8 +104,9 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--predictions", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4, help="the two alternate in rounds")
+    parser.add_argument("--steps", type=int, default=3, help="steps per round")
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -122,8 +114,10 @@ def main():
 
     config = model.BertConfig.from_size(args.size)
     batch = make_batch(config, args.batch, args.length, args.predictions)
-    ours = time_steps(bert_jax_step(config, batch), args.steps, args.warmup)
-    theirs = time_steps(hugging_face_step(config, batch), args.steps, args.warmup)
+    seconds = measure({"ours": (bert_jax_step, (config, batch)),
+                       "theirs": (hugging_face_step, (config, batch, args.threads))},
+                      args.rounds, args.steps, args.warmup)
+    ours, theirs = seconds["ours"], seconds["theirs"]
 
     print(f"BertForPreTraining train step, {args.size} (L{config.num_layers}/H{config.hidden_size}), batch "
           f"{args.batch}, seq {args.length}, {args.predictions} masked positions, float32, "

@@ -4,7 +4,7 @@ bert_jax: the step `python -m bert_jax pretrain` runs (bert_jax.trainer.make_tra
 masked positions + NSP, global-norm clipping, the original BERT AdamW with its decay mask, sharded state donated
 on a 1-device mesh. Peer: transformers.BertForPreTraining (PyTorch, sdpa attention) with torch.optim.AdamW and
 clip_grad_norm_(1.0): same config (dropout on), same batch, same masked positions (labels -100 elsewhere).
-Both float32 on the CPU. Timings alternate between the two in rounds, so a busy machine slows both alike.
+Both float32 on the CPU, each in its own process, alternating in rounds of a few steps (benchmarks/timing.py).
 
     python benchmarks/pretrain_step.py                            # tiny, small, base at seq 128
     python benchmarks/pretrain_step.py --sizes tiny --rounds 5 --steps 5
@@ -16,8 +16,6 @@ peak, estimated for a CPU) of each, and the ratio (goal: bert_jax >= 2x the peer
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import numpy as np
@@ -29,6 +27,7 @@ from bert_jax.convert import config_to_hf
 from bert_jax.model import BertConfig
 from bert_jax.pretrain import PretrainingObjective, SyntheticPretrainingData
 from bert_jax.train_metrics import flops_per_sequence, peak_flops_per_device
+from timing import measure  # benchmarks/timing.py, next to this script
 
 DEFAULT_BATCH = {"tiny": 32, "mini": 32, "small": 16, "medium": 8, "base": 8, "large": 4}
 
@@ -49,7 +48,9 @@ def jax_step(config: BertConfig, batch: dict):
     return run
 
 
-def torch_step(config: BertConfig, batch: dict):
+def torch_step(config: BertConfig, batch: dict, threads: int = 0):
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = transformers.BertForPreTraining._from_config(transformers.BertConfig(**config_to_hf(config)),
                                                          attn_implementation="sdpa").train()
@@ -70,21 +71,6 @@ def torch_step(config: BertConfig, batch: dict):
         opt.step()
 
     return run
-
-
-def measure(runs: dict, rounds: int, steps: int, warmup: int) -> dict:
-    """Median seconds per step of each callable, timed in alternating rounds."""
-    for run in runs.values():
-        for _ in range(warmup):
-            run()
-    times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                run()
-            times[name].append((time.perf_counter() - start) / steps)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main():
@@ -115,7 +101,7 @@ def main():
         batch_size = DEFAULT_BATCH[size]
         config = BertConfig.from_size(size, vocab_size=args.vocab)
         batch = next(SyntheticPretrainingData(batch_size, args.length, args.predictions, args.vocab, seed=0))
-        seconds = measure({"jax": jax_step(config, batch), "torch": torch_step(config, batch)},
+        seconds = measure({"jax": (jax_step, (config, batch)), "torch": (torch_step, (config, batch, args.threads))},
                           args.rounds, args.steps, args.warmup)
         flops = flops_per_sequence(config, args.length, args.predictions)
         jax_seq, torch_seq = batch_size / seconds["jax"], batch_size / seconds["torch"]
