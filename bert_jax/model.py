@@ -243,8 +243,9 @@ class SelfAttention(nn.Module):
         c = self.config
         batch, length = x.shape[:2]
 
-        # One matmul against the three kernels stacked to [H, 3, H]: on CPU a [BT, H] x [H, 3H] product runs
-        # near peak where three [H, H] ones do not, and the parameters keep the original names and layout.
+        # One matmul against the three kernels stacked to [H, 3, H], the parameters keeping the original names
+        # and layout. Narrow products run below peak: on the 2-core CI CPU, [4096, 512] x [512, 512] ran at
+        # 88 GFLOP/s and x [512, 1536] at 126, which took the small pretraining step from 5.28 to 4.80 s.
         dtype = c.compute_dtype
         weights = [Dense(c.hidden_size, ("embed", "heads"), c, name=name).weights(x.shape[-1])
                    for name in ("query", "key", "value")]
