@@ -109,16 +109,16 @@ def _either(path, local, remote: str):
 
 
 def exists(path) -> bool:
-    return _either(path, lambda p: os.path.exists(p), "exists")
+    return _either(path, os.path.exists, "exists")
 
 
 def isdir(path) -> bool:
-    return _either(path, lambda p: os.path.isdir(p), "isdir")
+    return _either(path, os.path.isdir, "isdir")
 
 
 def listdir(path) -> list[str]:
     """The names in a directory (sorted; without the trailing '/' some object stores give directories)."""
-    return sorted(name.rstrip("/") for name in _either(path, lambda p: os.listdir(p), "listdir"))
+    return sorted(name.rstrip("/") for name in _either(path, os.listdir, "listdir"))
 
 
 def makedirs(path) -> None:
@@ -127,12 +127,12 @@ def makedirs(path) -> None:
 
 
 def remove(path) -> None:
-    _either(path, lambda p: os.remove(p), "remove")
+    _either(path, os.remove, "remove")
 
 
 def rmtree(path) -> None:
     """Deletes a directory and everything in it."""
-    _either(path, lambda p: shutil.rmtree(p), "rmtree")
+    _either(path, shutil.rmtree, "rmtree")
 
 
 def copy(source, target) -> None:
