@@ -1,6 +1,7 @@
 """Generic classification / regression on user CSV, TSV and JSONL files."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -170,3 +171,105 @@ def test_reads_any_tfds_text_dataset_through_mock_data():
                                                                           ("1", "awful", "negative")]
     with pytest.raises(ValueError, match="no TFDS dataset"):
         task.read("train", "tfds")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Rows that used to be merged or lost without a word: unclosed quotes, bytes that are not UTF-8, missing columns
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def forty_rows(bad_line, bad_row, quoted_line=None):
+    """A 40-row CSV (id,text,label; line n holds row n-1) with `bad_row` at line `bad_line`, and a well quoted
+    text with a comma at `quoted_line`."""
+    lines = ["id,text,label"] + [f"r{i},text number {i},{'pos' if i % 2 else 'neg'}" for i in range(1, 41)]
+    lines[bad_line - 1] = bad_row
+    if quoted_line:
+        lines[quoted_line - 1] = f'r{quoted_line - 1},"a quoted, fine text",neg'
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("quoted_line, reason", [
+    # The next quote in the file (line 13's) would close the field: 8 lines merged, then text after the quote.
+    (13, "unclosed quote: the quoted field opened here would span 8 lines (to line 13) and close badly "
+         "(',' expected after '\"')"),
+    # No other quote: the field would swallow every row to the end of the file.
+    (None, "unclosed quote: the quoted field opened here runs 36 lines to the end of the file"),
+])
+def test_an_unclosed_quote_costs_only_its_own_row(tmp_path, quoted_line, reason):
+    path = write(tmp_path / "train.csv", forty_rows(6, 'r5,"an unclosed quote,pos', quoted_line))
+    task = get_task("classify", labels=["neg", "pos"])
+    examples, report = task.read("train", str(path))
+    good = [i for i in range(1, 41) if i != 5]
+    assert [e.guid for e in examples] == [f"r{i}" for i in good]  # every other row, read as a row of its own
+    assert [e.text for e in examples[:5]] == ["text number 1", "text number 2", "text number 3", "text number 4",
+                                              "text number 6"]
+    if quoted_line:
+        assert examples[good.index(12)].text == "a quoted, fine text"
+    assert report.records == 40 and [(p.location, p.reason) for p in report.skipped] == [(f"{path}:6", reason)]
+    assert report.summary().startswith(f"{path}: 39 examples from 40 records, 1 skipped")
+    with pytest.raises(ValueError, match=f"^{path}:6: unclosed quote"):
+        task.read("train", str(path), strict=True)
+
+
+def test_quoted_fields_that_span_lines_and_close_stay_one_row(tmp_path):
+    path = write(tmp_path / "train.csv", 'text,label\n'
+                 '"First paragraph.\nWould buy again, definitely.\nFive stars",pos\n'  # lines 2-4: one row
+                 '"Say ""hi""\nthen leave",neg\n'                                      # lines 5-6: one row
+                 '"two lines\nthen",pos,extra\n'                                      # lines 7-8: 3 columns
+                 'plain,neg\n'                                                         # line 9
+                 '"open at the end,pos\n')                                             # line 10
+    examples, report = get_task("classify").read("train", str(path))
+    assert [(e.guid, e.text, e.label) for e in examples] == [
+        ("2", "First paragraph.\nWould buy again, definitely.\nFive stars", "pos"),
+        ("5", 'Say "hi"\nthen leave', "neg"),
+        ("9", "plain", "neg")]
+    # Line 7's field closes but leaves a row of 3 columns: its quote is taken as unclosed, line 8 read on its own.
+    assert [(p.location, p.reason) for p in report.skipped] == [
+        (f"{path}:7", "unclosed quote: the quoted field opened here would span 2 lines (to line 8) and leave a row "
+                      "of 3 columns, not 2"),
+        (f"{path}:8", "wrong column count (expected 2, got 3)"),
+        (f"{path}:10", "unclosed quote: the quoted field opened here runs 1 line to the end of the file")]
+    assert report.records == 6
+
+
+def test_a_row_that_is_not_utf8_is_skipped_at_its_line(tmp_path):
+    latin1 = "text\tlabel\ngood\tpos\ncaf\xe9 cr\xe8me\tneg\nfine\tneg\n".encode("latin-1")
+    for name, data in [("a.csv", latin1.replace(b"\t", b",")), ("a.tsv", latin1),
+                       ("a.jsonl", b'{"text": "good", "label": "pos"}\n{"text": "caf\xe9", "label": "neg"}\n'
+                                   b'{"text": "fine", "label": "neg"}\n')]:
+        (tmp_path / name).write_bytes(data)
+        path = tmp_path / name
+        task = get_task("classify", labels=["neg", "pos"])
+        examples, report = task.read("train", str(path))
+        line = 2 if name.endswith("jsonl") else 3
+        assert [e.text for e in examples] == ["good", "fine"], name
+        assert [(p.location, p.reason) for p in report.skipped] == [(f"{path}:{line}", "not UTF-8 (byte 0xe9)")]
+        assert report.records == 3
+        with pytest.raises(ValueError, match=f"^{path}:{line}: not UTF-8 \\(byte 0xe9\\)"):
+            task.read("train", str(path), strict=True)
+    (tmp_path / "b.csv").write_bytes("caf\xe9,label\nx,pos\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'b.csv'}:1: not UTF-8 .* in the header row"):
+        get_task("classify").read("train", str(tmp_path / "b.csv"))
+
+
+def test_a_missing_label_or_text_column_is_named(tmp_path):
+    path = write(tmp_path / "train.csv", "review,stars\ngreat,5\n")
+    task = get_task("classify", text_column="review")  # label_column defaults to 'label'
+    with pytest.raises(ValueError, match=re.escape(f"{path}: no label column 'label' in the header "
+                                                   "['review', 'stars']: a train file needs its labels")):
+        task.read("train", str(path))
+    with pytest.raises(ValueError, match="no label column 'label'.*a validation file"):
+        task.read("validation", str(path))
+    examples, report = task.read("test", str(path))  # a test file may be unlabeled
+    assert report.ok and [(e.text, e.label) for e in examples] == [("great", None)]
+    assert get_task("classify", text_column="review", label_column="stars").read("train", str(path))[0][0].label == "5"
+    with pytest.raises(ValueError, match=re.escape(f"{path}: no column ['text'] in the header ['review', 'stars']")):
+        get_task("classify").read("test", str(path))
+    jsonl = write(tmp_path / "train.jsonl", '{"review": "great", "stars": 5}\n{"review": "fine", "label": 4}\n')
+    examples, report = task.read("train", str(jsonl))
+    assert [e.label for e in examples] == ["4"]
+    assert [(p.location, p.reason) for p in report.skipped] == [
+        (f"{jsonl}:1", "missing label field 'label' (fields: review, stars)")]
+    examples, report = get_task("classify").read("train", str(jsonl))
+    assert [p.reason for p in report.skipped] == ["missing field 'text' (fields: review, stars)",
+                                                  "missing field 'text' (fields: review, label)"]

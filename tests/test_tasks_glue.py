@@ -182,6 +182,30 @@ def test_wrong_file_or_folder_is_a_clear_error(tmp_path):
         get_task("sst2").read("validation_matched2", str(tmp_path))
 
 
+def test_rows_that_are_not_utf8_or_start_with_a_quote_stay_rows_of_their_own(tmp_path):
+    path = tmp_path / "dev.tsv"
+    path.write_bytes(b"sentence\tlabel\n"
+                     b'"an opening quote that never closes\t1\n'   # line 2: QUOTE_NONE, a quote is a character
+                     b"a caf\xe9 in Latin-1\t0\n"                    # line 3: not UTF-8
+                     b"fine .\t1\n")
+    task = get_task("sst2")
+    examples, report = task.read("dev", str(path))
+    assert [(e.text, e.label) for e in examples] == [('"an opening quote that never closes', "1"), ("fine .", "1")]
+    assert report.records == 3 and [(p.location, p.reason) for p in report.skipped] == [
+        (f"{path}:3", "not UTF-8 (byte 0xe9)")]
+    with pytest.raises(ValueError, match=f"^{path}:3: not UTF-8"):
+        task.read("dev", str(path), strict=True)
+
+
+def test_a_labeled_split_without_its_label_column_is_named(tmp_path):
+    path = write(tmp_path / "dev.tsv", "index\tsentence1\tsentence2\n0\tA b.\tC d.\n")
+    with pytest.raises(ValueError, match=(f"{path}: no label column 'label' in the header "
+                                          r"\['index', 'sentence1', 'sentence2'\]: RTE's validation file needs")):
+        get_task("rte").read("dev", str(path))
+    test, report = get_task("rte").read("test", str(path))
+    assert report.ok and test[0].label is None
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Features, decoding, metrics
 # ----------------------------------------------------------------------------------------------------------------------

@@ -38,15 +38,34 @@ Bad input never disappears silently: readers return `(examples, ReadReport)`. Th
 seen and every record skipped with its location (file:line, or TFDS split:index, or question id) and reason
 (wrong column count, label outside the task's set, empty text, answer not in its context, ...). With
 `strict=True` the first problem raises a ValueError naming it instead.
+
+Text files are read line by line (`read_lines`), each line decoded on its own: a line that is not UTF-8 is
+skipped as "not UTF-8 (byte 0xe9)" at its file:line, and the rest of the file is read. CSV / TSV files go
+through `Table`, which keeps every physical row a record of its own unless a quoted field really spans lines:
+
+  * A quoted field may hold line breaks (CSV's own rule, as the csv module reads it).
+  * A quote that runs past the end of its line is accepted only when the record it makes is well formed: its
+    quote closes before the end of the file, every closing quote is followed by the delimiter or the end of the
+    line (the csv module's strict reading), and the row has the header's number of columns.
+  * Otherwise the quote is taken as unclosed: the row where it opened is skipped as "unclosed quote: the quoted
+    field opened here would span N lines (to line M) and ...", and the lines after it are read again as rows of
+    their own, so that only the bad row is lost. Strict reading raises instead, naming file:line.
+
+A swallowed row can thus pass only when the merged text is itself a valid CSV record of the right width (e.g.
+`1,"abc,x` followed by `2,def",y`); what csv cannot tell from a real multi-line field is kept as one. TSV files
+(GLUE's, and classify's .tsv) are read with csv.QUOTE_NONE, as Google's run_classifier.py reads GLUE: a quote is a
+character there, and a row never spans lines.
 """
 
 from __future__ import annotations
 
 import collections
+import csv
 import dataclasses
 import importlib
 import os
-from typing import Any, Iterator, Optional, Sequence
+import re
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -146,6 +165,151 @@ class ReadReport:
 
     def __repr__(self):
         return f"ReadReport({self.summary(max_locations=1)!r})"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading text files: lines, CSV / TSV tables
+# ----------------------------------------------------------------------------------------------------------------------
+
+# What errors="surrogateescape" makes of a byte that is not UTF-8: U+DC80..U+DCFF (valid UTF-8 never decodes to these).
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+class Line(NamedTuple):
+    number: int                    # 1-based, as editors count
+    text: str                      # with its line ending; a byte that is not UTF-8 kept as a surrogate escape
+    problem: Optional[str] = None  # "not UTF-8 (byte 0xe9)" for a line that does not decode
+
+
+def read_lines(path: str) -> Iterator[Line]:
+    """The physical lines of a UTF-8 file (a byte-order mark dropped; \\n, \\r\\n and \\r end a line, as for the
+    csv module). Each line is decoded on its own, so that a byte that is not UTF-8 spoils only its own line."""
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        for number, text in enumerate(f, start=1):
+            bad = _UNDECODABLE.search(text)
+            yield Line(number, text, None if bad is None else f"not UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x})")
+
+
+def read_utf8(path: str) -> str:
+    """A whole UTF-8 file (one JSON document, say) as text; a byte that is not UTF-8 is a ValueError naming
+    file:line, where the bare UnicodeDecodeError gives only a byte offset."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 (byte 0x{data[error.start]:02x})") from None
+
+
+class _LineFeed:
+    """The lines a csv.reader reads, one at a time: those pushed back first (to be read again), then the file's.
+    It records the lines each record took, and whether the file ran out inside one (a quote left open). Unlike a
+    generator it can be fed again after it has run dry, so lines pushed back at the end of the file are still read."""
+
+    def __init__(self, lines: Iterator[Line]):
+        self.lines = lines
+        self.pushed_back: collections.deque = collections.deque()
+        self.taken: list[Line] = []
+        self.ran_out = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.pushed_back.popleft() if self.pushed_back else next(self.lines, None)
+        if line is None:
+            self.ran_out = True
+            raise StopIteration
+        self.taken.append(line)
+        return line.text
+
+
+class Table:
+    """A CSV or TSV file as (file:line, {column: value}) rows: `Table(path, report).header`, `.rows()`.
+
+    `columns` names the columns of a headerless file; otherwise the first (non-blank) record is the header, and
+    a problem there (not UTF-8, an unclosed quote) is a ValueError. Every later non-blank record counts in
+    `report`; one that is not UTF-8, has an unclosed quote (see the module's docstring) or the wrong number of
+    columns is skipped there with its file:line. TSV (`quoted=False`) reads quotes as plain characters.
+    """
+
+    def __init__(self, path: str, report: ReadReport, *, delimiter: str = ",", quoted: bool = True,
+                 columns: Optional[Sequence[str]] = None):
+        self.path, self.report = path, report
+        self._dialect = dict(delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
+        self._feed = _LineFeed(read_lines(path))
+        self._reader = csv.reader(self._feed, **self._dialect)
+        self.header: Optional[list] = list(columns) if columns is not None else None
+        if self.header is None:
+            self.header = self._read_header()
+
+    def _read_header(self) -> list:
+        while (record := self._next_record()) is not None:
+            number, fields, problem = record
+            if problem:
+                raise ValueError(f"{self.path}:{number}: {problem}, in the header row")
+            if fields:
+                return fields
+        raise ValueError(f"{self.path}: empty file, expected a header row")
+
+    def rows(self) -> Iterator[tuple[str, dict]]:
+        width = len(self.header)
+        while (record := self._next_record()) is not None:
+            number, fields, problem = record
+            if not fields and not problem:  # a blank line holds no record
+                continue
+            self.report.record()
+            location = f"{self.path}:{number}"
+            if problem:
+                self.report.skip(location, problem)
+            elif len(fields) != width:
+                self.report.skip(location, f"wrong column count (expected {width}, got {len(fields)})")
+            else:
+                yield location, dict(zip(self.header, fields))
+
+    def _next_record(self) -> Optional[tuple[int, Optional[list], Optional[str]]]:
+        """(line to report, fields, problem) of the next record; None at the end of the file."""
+        self._feed.taken, self._feed.ran_out = [], False
+        error = None
+        try:
+            fields = next(self._reader)
+        except StopIteration:
+            return None
+        except csv.Error as e:  # the reader starts afresh on the next line after an error
+            fields, error = None, str(e)
+        lines = self._feed.taken
+        if len(lines) > 1 or self._feed.ran_out:  # a quote ran past the end of a line
+            unclosed = self._unclosed_quote(lines, fields, error)
+            if unclosed:
+                self._feed.pushed_back.extendleft(reversed(lines[1:]))  # read them again as rows of their own
+                return lines[0].number, None, unclosed
+        elif error:
+            return lines[0].number, None, f"unreadable CSV ({error})"
+        undecodable = next((line for line in lines if line.problem), None)
+        if undecodable:
+            return undecodable.number, None, undecodable.problem
+        return lines[0].number, fields, None
+
+    def _unclosed_quote(self, lines: list, fields: Optional[list], error: Optional[str]) -> Optional[str]:
+        """Why a record whose quote ran past the end of its first line is not a real multi-line field, or None."""
+        if self._feed.ran_out:
+            return (f"unclosed quote: the quoted field opened here runs {len(lines)} line{'s' * (len(lines) > 1)} "
+                    f"to the end of the file")
+        if error:
+            end = f"fail ({error})"
+        else:
+            try:  # the lenient reader accepts text after a closing quote; a real field ends at the delimiter
+                next(csv.reader([line.text for line in lines], strict=True, **self._dialect))
+                end = None
+            except csv.Error as e:
+                end = f"close badly ({e})"
+            if end is None and self.header is not None and len(fields) != len(self.header):
+                end = f"leave a row of {len(fields)} columns, not {len(self.header)}"
+        if end is None:
+            return None
+        return (f"unclosed quote: the quoted field opened here would span {len(lines)} lines "
+                f"(to line {lines[-1].number}) and {end}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -7,10 +7,13 @@
     get_task("classify", kind="regression", label_column="score")
 
 A source is a file, or a folder holding `<split>.csv|.tsv|.jsonl` (validation may be called dev/valid/val).
-CSV follows the csv module's usual quoting; TSV is read with QUOTE_NONE (GLUE style: a quote is just a character);
-JSONL has one object per line. The first row of CSV/TSV is the header. A file without the label column is
-read as unlabeled (a test set). Rows with the wrong number of columns, an empty text, or a label outside the
-task's labels are skipped and listed in the ReadReport.
+CSV follows the csv module's usual quoting (a quoted field may span lines; a quote that never closes properly
+costs only its own row: see bert_jax.tasks); TSV is read with QUOTE_NONE (GLUE style: a quote is just a
+character); JSONL has one object per line. The first row of CSV/TSV is the header. A test file without the label
+column is read as unlabeled; a train or validation file without it, or any file without a text column, is an
+error naming the column, the file and the columns it has. Rows with the wrong number of columns, a line that is
+not UTF-8, an unclosed quote, a JSONL record without the text or label field, an empty text, or a label outside
+the task's labels are skipped and listed in the ReadReport with their file:line.
 
 This module also holds what GLUE shares with it: `TextExample`, `featurize_text_pairs` and the decoding of
 classification / regression logits.
@@ -18,7 +21,6 @@ classification / regression logits.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -26,7 +28,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from bert_jax.tasks import (ReadReport, Task, decode_text, find_split_file, load_tfds, pad_to, stack)
+from bert_jax.tasks import (ReadReport, Table, Task, decode_text, find_split_file, load_tfds, pad_to, read_lines,
+                            stack)
 from bert_jax.tasks import metrics
 
 
@@ -120,52 +123,33 @@ def _format_of(path: str) -> str:
     return formats[ext]
 
 
-def _csv_dialect(fmt: str) -> dict:
-    return {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "tsv" else {}
-
-
-def _csv_header(path: str, fmt: str) -> list:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return next(csv.reader(f, **_csv_dialect(fmt)), [])
-
-
-def _csv_records(path: str, fmt: str, wanted: Sequence[str], report: ReadReport):
-    """(location, {column: value}) per data row; rows whose column count differs from the header are skipped."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, **_csv_dialect(fmt))
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path}: empty file, expected a header row")
-        missing = [c for c in wanted if c not in header]
-        if missing:
-            raise ValueError(f"{path}: no column {missing} in the header {header}")
-        for row in reader:
-            location = f"{path}:{reader.line_num}"
-            if not row:  # a blank line holds no record
-                continue
-            report.record()
-            if len(row) != len(header):
-                report.skip(location, f"wrong column count (expected {len(header)}, got {len(row)})")
-                continue
-            yield location, dict(zip(header, row))
+def _csv_table(path: str, fmt: str, report: ReadReport) -> Table:
+    return Table(path, report, delimiter="\t", quoted=False) if fmt == "tsv" else Table(path, report)
 
 
 def _jsonl_records(path: str, report: ReadReport):
-    with open(path, encoding="utf-8-sig") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            report.record()
-            location = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                report.skip(location, f"invalid JSON ({error.msg})")
-                continue
-            if not isinstance(record, dict):
-                report.skip(location, "not a JSON object")
-                continue
-            yield location, record
+    for line in read_lines(path):
+        if not line.text.strip():
+            continue
+        report.record()
+        location = f"{path}:{line.number}"
+        if line.problem:
+            report.skip(location, line.problem)
+            continue
+        try:
+            record = json.loads(line.text)
+        except json.JSONDecodeError as error:
+            report.skip(location, f"invalid JSON ({error.msg})")
+            continue
+        if not isinstance(record, dict):
+            report.skip(location, "not a JSON object")
+            continue
+        yield location, record
+
+
+def needs_labels(split: str) -> bool:
+    """Whether a split's file must carry its labels: training and validation files must; a test file may not."""
+    return not split.startswith("test")
 
 
 def _label_name(value) -> str:
@@ -219,10 +203,12 @@ class ClassifyTask(Task):
         text_columns = [c for c in (self.text_column, self.text_pair_column) if c]
         if fmt == "jsonl":
             records = _jsonl_records(path, report)
-            has_labels = None  # decided per record: a JSONL test file simply lacks the field
+            # Decided per record where a test file may lack the field; a train or validation record must have it.
+            has_labels = None if not needs_labels(split) else bool(self.label_column)
         else:
-            has_labels = bool(self.label_column) and self.label_column in _csv_header(path, fmt)
-            records = _csv_records(path, fmt, text_columns, report)
+            table = _csv_table(path, fmt, report)
+            has_labels = self._check_columns(path, split, table.header, text_columns)
+            records = table.rows()
         examples = []
         for location, record in records:
             example = self._example(location, record, text_columns, has_labels, report)
@@ -230,11 +216,24 @@ class ClassifyTask(Task):
                 examples.append(example)
         return examples, report
 
+    def _check_columns(self, path, split, header, text_columns) -> bool:
+        """Whether the file has the label column; a missing text column, or a missing label column in a train or
+        validation file, is a ValueError naming it, the file and the columns there are."""
+        missing = [c for c in text_columns if c not in header]
+        if missing:
+            raise ValueError(f"{path}: no column {missing} in the header {header} (the task's text_column / "
+                             f"text_pair_column)")
+        has_labels = bool(self.label_column) and self.label_column in header
+        if self.label_column and not has_labels and needs_labels(split):
+            raise ValueError(f"{path}: no label column {self.label_column!r} in the header {header}: a {split} file "
+                             f"needs its labels (set the task's label_column; only a test file may have none)")
+        return has_labels
+
     def _example(self, location, record, text_columns, has_labels, report):
         texts = []
         for column in text_columns:
             if column not in record:
-                report.skip(location, f"missing field {column!r}")
+                report.skip(location, f"missing field {column!r} (fields: {', '.join(map(str, record)) or 'none'})")
                 return None
             text = "" if record[column] is None else str(record[column])
             if not text.strip():
@@ -242,6 +241,9 @@ class ClassifyTask(Task):
                 return None
             texts.append(text)
         label = None
+        if has_labels and self.label_column not in record:  # only a JSONL record can lack a field
+            report.skip(location, f"missing label field {self.label_column!r} (fields: {', '.join(map(str, record))})")
+            return None
         if has_labels or (has_labels is None and self.label_column and self.label_column in record):
             label, problem = parse_label(record.get(self.label_column), self.kind, self.labels)
             if problem:

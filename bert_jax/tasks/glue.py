@@ -15,7 +15,9 @@ Label ids follow Google's run_classifier.py (so MNLI heads of converted checkpoi
 File quirks handled: a UTF-8 byte-order mark (MRPC), CoLA's headerless train/dev with 4 columns and no final
 newline, STS-B's 10 columns, MNLI's dev_matched / dev_mismatched / test_matched / test_mismatched files, test
 files without a label column (their `index`/`id` column is kept as the example id). Fields are split on tabs with
-csv.QUOTE_NONE, as GLUE's files are not quoted ("a "quote" stays").
+csv.QUOTE_NONE, as GLUE's files are not quoted ("a "quote" stays") and as Google's run_classifier.py reads them
+(csv.reader(delimiter="\t", quotechar=None)): a row is a line, so no quote can swallow the rows after it. A line
+that is not UTF-8 is skipped with its file:line; a train or dev file without its label column is an error.
 
 Test-set predictions are written as GLUE submission files: `<Task>.tsv` with `index<TAB>prediction`, label names
 as GLUE expects them (MNLI-m.tsv and MNLI-mm.tsv for the two MNLI test sets; STS-B scores clipped to [0, 5]).
@@ -23,16 +25,16 @@ as GLUE expects them (MNLI-m.tsv and MNLI-mm.tsv for the two MNLI test sets; STS
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 from typing import Optional
 
 import numpy as np
 
-from bert_jax.tasks import ReadReport, Task, class_label_names, decode_text, find_split_file, load_tfds
+from bert_jax.tasks import ReadReport, Table, Task, class_label_names, decode_text, find_split_file, load_tfds
 from bert_jax.tasks import metrics
-from bert_jax.tasks.classify import TextExample, decode_logits, featurize_text_pairs, gold_array, parse_label
+from bert_jax.tasks.classify import (TextExample, decode_logits, featurize_text_pairs, gold_array, needs_labels,
+                                     parse_label)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,29 +88,21 @@ class GlueTask(Task):
 
     def _read_tsv(self, path, split, report):
         fmt = self.file_format
-        # utf-8-sig drops MRPC's byte-order mark, which would otherwise glue itself to the first column's name.
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            if fmt.headerless_columns and not split.startswith("test"):
-                header = list(fmt.headerless_columns)
-            else:
-                header = next(reader, None)
-                if header is None:
-                    raise ValueError(f"{path}: empty file, expected a header row")
-                missing = [c for c in fmt.text_columns if c not in header]
-                if missing:
-                    raise ValueError(f"{path}: no column {missing} in the header; is this a {fmt.folder} file?")
-            has_labels = fmt.label_column in header
-            id_column = next((c for c in ("index", "id") if c in header), None)
-            for row in reader:
-                location = f"{path}:{reader.line_num}"
-                if not row:
-                    continue
-                report.record()
-                if len(row) != len(header):
-                    report.skip(location, f"wrong column count (expected {len(header)}, got {len(row)})")
-                    continue
-                yield self._example(location, dict(zip(header, row)), has_labels, id_column, report, fmt.text_columns)
+        # read_lines drops MRPC's byte-order mark, which would otherwise glue itself to the first column's name.
+        headerless = fmt.headerless_columns and not split.startswith("test")
+        table = Table(path, report, delimiter="\t", quoted=False,
+                      columns=fmt.headerless_columns if headerless else None)
+        header = table.header
+        missing = [c for c in fmt.text_columns if c not in header]
+        if missing:
+            raise ValueError(f"{path}: no column {missing} in the header {header}; is this a {fmt.folder} file?")
+        has_labels = fmt.label_column in header
+        if not has_labels and needs_labels(split):
+            raise ValueError(f"{path}: no label column {fmt.label_column!r} in the header {header}: {fmt.folder}'s "
+                             f"{split} file needs its labels (only a test file may have none)")
+        id_column = next((c for c in ("index", "id") if c in header), None)
+        for location, record in table.rows():
+            yield self._example(location, record, has_labels, id_column, report, fmt.text_columns)
 
     def _example(self, location, record, has_labels, id_column, report, text_columns):
         texts = [record[c] for c in text_columns]

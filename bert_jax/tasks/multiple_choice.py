@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from bert_jax.tasks import ReadReport, Task, find_split_file, pad_to, stack
+from bert_jax.tasks import ReadReport, Table, Task, find_split_file, pad_to, stack
 from bert_jax.tasks import metrics
 
 _SPLIT_FILES = {"train": ["train.csv"], "validation": ["val.csv", "dev.csv", "validation.csv"], "test": ["test.csv"]}
@@ -32,43 +32,32 @@ class ChoiceExample:
 def read_swag_csv(path: str, num_choices: int = 4, strict: bool = False) -> tuple[list, ReadReport]:
     report = ReadReport(path, strict)
     ending_columns = [f"ending{i}" for i in range(num_choices)]
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path}: empty file, expected a header row")
-        missing = [c for c in ("sent1", "sent2", *ending_columns) if c not in header]
-        if missing:
-            raise ValueError(f"{path}: no column {missing} in the header {header}")
-        has_labels = "label" in header
-        examples = []
-        for row in reader:
-            if not row:
+    table = Table(path, report)  # not UTF-8, unclosed quotes, wrong column counts: skipped there with file:line
+    header = table.header
+    missing = [c for c in ("sent1", "sent2", *ending_columns) if c not in header]
+    if missing:
+        raise ValueError(f"{path}: no column {missing} in the header {header}")
+    has_labels = "label" in header
+    examples = []
+    for location, record in table.rows():
+        if not record["sent1"].strip():
+            report.skip(location, "empty text in 'sent1'")
+            continue
+        empty = [c for c in ending_columns if not record[c].strip()]
+        if empty:
+            report.skip(location, f"empty text in {empty[0]!r}")
+            continue
+        label = None
+        if has_labels:
+            value = record["label"].strip()
+            if value not in {str(i) for i in range(num_choices)}:
+                report.skip(location, f"label {value!r} not in 0..{num_choices - 1}")
                 continue
-            report.record()
-            location = f"{path}:{reader.line_num}"
-            if len(row) != len(header):
-                report.skip(location, f"wrong column count (expected {len(header)}, got {len(row)})")
-                continue
-            record = dict(zip(header, row))
-            if not record["sent1"].strip():
-                report.skip(location, "empty text in 'sent1'")
-                continue
-            empty = [c for c in ending_columns if not record[c].strip()]
-            if empty:
-                report.skip(location, f"empty text in {empty[0]!r}")
-                continue
-            label = None
-            if has_labels:
-                value = record["label"].strip()
-                if value not in {str(i) for i in range(num_choices)}:
-                    report.skip(location, f"label {value!r} not in 0..{num_choices - 1}")
-                    continue
-                label = int(value)
-            guid = record.get("fold-ind") or str(reader.line_num)
-            endings = tuple(" ".join(p for p in (record["sent2"].strip(), record[c].strip()) if p)
-                            for c in ending_columns)
-            examples.append(ChoiceExample(guid, record["sent1"], endings, label))
+            label = int(value)
+        guid = record.get("fold-ind") or location.rsplit(":", 1)[-1]
+        endings = tuple(" ".join(p for p in (record["sent2"].strip(), record[c].strip()) if p)
+                        for c in ending_columns)
+        examples.append(ChoiceExample(guid, record["sent1"], endings, label))
     return examples, report
 
 

@@ -19,7 +19,8 @@ from typing import Optional
 
 import numpy as np
 
-from bert_jax.tasks import ReadReport, Task, class_label_names, decode_text, find_split_file, load_tfds, pad_to, stack
+from bert_jax.tasks import (ReadReport, Task, class_label_names, decode_text, find_split_file, load_tfds, pad_to,
+                            read_lines, stack)
 from bert_jax.tasks import metrics
 
 CONLL2003_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
@@ -58,6 +59,9 @@ def read_conll(path: str, labels, strict: bool = False) -> tuple[list, ReadRepor
         first_line = lines[0][0]
         location = f"{path}:{first_line}"
         for line_number, fields in lines:
+            if line_number in undecodable:
+                report.skip(f"{path}:{line_number}", undecodable.pop(line_number))
+                break
             if len(fields) != width:
                 report.skip(f"{path}:{line_number}", f"wrong column count (expected {width}, got {len(fields)})")
                 break
@@ -75,18 +79,20 @@ def read_conll(path: str, labels, strict: bool = False) -> tuple[list, ReadRepor
     def lines_fields():
         return [fields for _, fields in lines]
 
-    with open(path, encoding="utf-8-sig") as f:
-        for line_number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                finish_sentence()
-            elif fields[0] == "-DOCSTART-":
-                finish_sentence()
-                doc_start = True
-            else:
-                if width is None:
-                    width = len(fields)
-                lines.append((line_number, fields))
+    undecodable = {}  # line number -> "not UTF-8 (...)": its sentence is skipped there
+    for line_number, line, problem in read_lines(path):
+        fields = line.split()
+        if problem and fields:
+            undecodable[line_number] = problem
+        if not fields:
+            finish_sentence()
+        elif fields[0] == "-DOCSTART-":
+            finish_sentence()
+            doc_start = True
+        else:
+            if width is None:
+                width = len(fields)
+            lines.append((line_number, fields))
     finish_sentence()  # a file need not end with a blank line
     return examples, report
 

@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from bert_jax.tasks import ReadReport, Task, decode_text, load_tfds, stack
+from bert_jax.tasks import ReadReport, Task, decode_text, load_tfds, read_utf8, stack
 from bert_jax.tasks import metrics
 
 
@@ -135,11 +135,10 @@ def read_squad_json(path: str, version_2: bool, for_training: bool = False,
                     strict: bool = False) -> tuple[list, ReadReport]:
     """Questions of a SQuAD JSON file ({"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]})."""
     report = ReadReport(path, strict)
-    with open(path, encoding="utf-8") as f:
-        try:
-            dataset = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
+    try:
+        dataset = json.loads(read_utf8(path))  # a byte that is not UTF-8: a ValueError naming file:line
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(dataset, dict) or not isinstance(dataset.get("data"), list):
         raise ValueError(f"{path}: not a SQuAD file: expected an object with a 'data' list")
     reader = _SquadReader(report, version_2, for_training)
