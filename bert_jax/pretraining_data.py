@@ -43,6 +43,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -61,6 +62,8 @@ FEATURE_NAMES = (
     "next_sentence_labels",
 )
 METADATA_FILE = "pretraining_data.json"
+# The shards this writer names (part-XXXXX-of-NNNNN.tfrecord), finished or not: what an earlier run leaves.
+SHARD_PATTERN = re.compile(r"^part-\d{5,}-of-\d{5,}\.tfrecord(\.incomplete)?$")
 RANDOM_DOCUMENT_TRIES = 10  # the original tries 10 times to pick a document other than the current one
 
 # A tokenized document: its sentences as lists of token ids.
@@ -822,12 +825,16 @@ def prepare_pretraining_data(
     lower_case: bool | None = None,
     text_format: str = "auto",
     block_chars: int = 4_000_000,
+    overwrite: bool = False,
 ) -> dict:
     """Writes `output_dir/part-XXXXX-of-NNNNN.tfrecord` (one per input file) and `pretraining_data.json`.
 
     Returns the summary: counts of documents, sentences, instances, and what was skipped and why.
-    Raises FileNotFoundError / ValueError (naming the file) for missing inputs, a bad vocabulary, or a
-    corpus without a single usable document.
+    Raises FileNotFoundError / ValueError (naming the file) for missing inputs, a bad vocabulary, a corrupt
+    .gz input, or a corpus without a single usable document; FileExistsError if `output_dir` holds an
+    earlier run's shards or pretraining_data.json, unless `overwrite`: then those files (and only those,
+    by this writer's naming pattern) are removed first, their count in the summary's
+    `removed_earlier_files`. A run that fails leaves none of its own shards behind.
     """
     from bert_jax.tokenizer import load_tokenizer
 
@@ -838,6 +845,16 @@ def prepare_pretraining_data(
     files = text_reader.resolve_input_files(inputs)
     tokenizer = load_tokenizer(vocab, lower_case=lower_case)  # fails here, naming the file, if unusable
     VocabInfo.from_tokenizer(tokenizer)
+    earlier = earlier_outputs(output_dir)
+    if earlier and not overwrite:
+        raise FileExistsError(
+            f"{output_dir}: holds {len(earlier)} file(s) of an earlier run ({os.path.basename(earlier[0])}"
+            f"{', ...' if len(earlier) > 1 else ''}); pass --overwrite (overwrite=True) to remove them, or "
+            "choose another output directory"
+        )
+    for path in earlier:  # after every check above: a rejected run removes nothing
+        os.remove(path)
+    created = not os.path.isdir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     width = max(5, len(str(len(files))))
     jobs = [
@@ -847,12 +864,23 @@ def prepare_pretraining_data(
     ]
     started = time.time()
     num_workers = max(1, min(num_workers, len(jobs)))
-    if num_workers == 1:
-        results = [_write_file(job) for job in jobs]
-    else:
-        # spawn: TensorFlow is not fork-safe once imported; each worker imports it afresh.
-        with multiprocessing.get_context("spawn").Pool(num_workers, initializer=_limit_worker_threads) as pool:
-            results = pool.map(_write_file, jobs, chunksize=1)
+    try:
+        if num_workers == 1:
+            results = [_write_file(job) for job in jobs]
+        else:
+            # spawn: TensorFlow is not fork-safe once imported; each worker imports it afresh.
+            with multiprocessing.get_context("spawn").Pool(num_workers, initializer=_limit_worker_threads) as pool:
+                results = pool.map(_write_file, jobs, chunksize=1)
+    except BaseException:
+        # One failed file (a corrupt .gz, Ctrl-C) fails the run: its shards, finished or not, are an
+        # incomplete set without pretraining_data.json. (The pool has stopped its workers by now.)
+        for job in jobs:
+            for path in (job.output_file, job.output_file + ".incomplete"):
+                if os.path.exists(path):
+                    os.remove(path)
+        if created and not os.listdir(output_dir):
+            os.rmdir(output_dir)
+        raise
     elapsed = time.time() - started
 
     read_stats, gen_stats = text_reader.ReadStats(), GenerationStats()
@@ -873,6 +901,7 @@ def prepare_pretraining_data(
         "skipped": _skip_summary(read_stats, gen_stats, results),
         "seconds": round(elapsed, 3),
         "instances_per_second": round(gen_stats.instances / max(elapsed, 1e-9), 1),
+        "removed_earlier_files": len(earlier),
     }
     if not outputs:
         raise ValueError(
@@ -916,6 +945,15 @@ def _skip_summary(read_stats: text_reader.ReadStats, gen_stats: GenerationStats,
     return skipped
 
 
+def earlier_outputs(output_dir: str) -> list[str]:
+    """The files of an earlier run in `output_dir` (sorted): shards named as this writer names them, finished
+    or not, and pretraining_data.json. Other files are not this writer's and are left alone."""
+    if not os.path.isdir(output_dir):
+        return []
+    names = sorted(n for n in os.listdir(output_dir) if SHARD_PATTERN.match(n) or n == METADATA_FILE)
+    return [os.path.join(output_dir, n) for n in names]
+
+
 def read_metadata(directory: str) -> dict | None:
     path = os.path.join(directory, METADATA_FILE)
     if not os.path.isfile(path):
@@ -932,6 +970,8 @@ def describe_summary(summary: dict) -> str:
         f"instances: {summary['instances']} (random next {summary['random_next_fraction']:.1%}), "
         f"{summary['instances_per_second']:.0f}/s",
     ]
+    if summary.get("removed_earlier_files"):
+        lines.insert(0, f"removed {summary['removed_earlier_files']} file(s) of an earlier run (--overwrite)")
     gen = summary["generation"]
     lines.append(
         f"kept as is: {gen['one_sentence_documents']} one-sentence documents (B drawn at random), "

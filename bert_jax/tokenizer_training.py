@@ -23,11 +23,17 @@ as SentencePieceTokenizer(lower_case=True) does at tokenization time.
 Inputs: file paths, directories (all files below them), glob patterns, `.gz` files; or texts. A string without
 whitespace is a path or glob and must match something; a string with whitespace that is not an existing path is a
 text. WikiExtractor's `<doc ...>` / `</doc>` lines are not text and are skipped (the count is logged).
+
+Nothing is dropped without a word: bytes that are not UTF-8 are dropped from their line (the rest of the line is
+kept) and counted, with `file:line` examples, in an `InputReport`; a vocabulary smaller than `vocab_size` (a corpus
+too small for that many pieces) is reported there too. `InputReport.warnings()` says both in a line each (the
+train-tokenizer command prints them); with strict=True (--strict) a short vocabulary is an error instead.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import glob
 import gzip
 import heapq
@@ -38,6 +44,7 @@ import os
 import re
 from typing import Iterable, Iterator
 
+from bert_jax.text_reader import GZIP_ERRORS, corrupt_gzip_error
 from bert_jax.tokenizer import (
     CONFIG_FILE,
     CONTINUATION_PREFIX,
@@ -81,10 +88,71 @@ def resolve_input_files(patterns: Iterable[str]) -> list[str]:
     return files
 
 
-def _open_text(path: str):
-    if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")  # undecodable bytes -> U+FFFD, which BERT drops
+@dataclasses.dataclass
+class InputReport:
+    """What training read and what it could not use (filled in by `train_tokenizer(..., report=...)`)."""
+
+    lines: int = 0  # non-empty lines trained on
+    doc_markers: int = 0  # WikiExtractor <doc>/</doc> lines skipped
+    undecodable_lines: int = 0  # lines with bytes that are not UTF-8 (those bytes dropped, the rest kept)
+    undecodable_bytes: int = 0
+    examples: list = dataclasses.field(default_factory=list)  # `file:line` of the first undecodable lines
+    distinct_words: int | None = None  # WordPiece: words after basic tokenization
+    vocab_size: int | None = None  # what was learned, special tokens included
+    vocab_size_asked: int | None = None
+
+    MAX_EXAMPLES = 3
+
+    def undecodable(self, where: str, num_bytes: int) -> None:
+        self.undecodable_lines += 1
+        self.undecodable_bytes += num_bytes
+        if len(self.examples) < self.MAX_EXAMPLES:
+            self.examples.append(where)
+
+    def short_vocabulary(self) -> str | None:
+        """Why the vocabulary is smaller than asked for, or None if it is not."""
+        if self.vocab_size is None or self.vocab_size_asked is None or self.vocab_size >= self.vocab_size_asked:
+            return None
+        words = f", {self.distinct_words} distinct words" if self.distinct_words is not None else ""
+        return (f"learned a vocabulary of {self.vocab_size} tokens, fewer than the {self.vocab_size_asked} asked for: "
+                f"the corpus ({self.lines} lines{words}) is too small for more pieces; give more text or a smaller "
+                "vocab_size")
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.undecodable_lines:
+            out.append(f"dropped {self.undecodable_bytes} byte(s) that are not UTF-8 from {self.undecodable_lines} "
+                       f"line(s) (e.g. {', '.join(self.examples)}); the rest of those lines was kept")
+        short = self.short_vocabulary()
+        if short:
+            out.append(short)
+        return out
+
+
+# Each byte that is not UTF-8 decodes (surrogateescape) to one of U+DC80..U+DCFF: counted, then dropped.
+_ESCAPED_BYTES = re.compile("[\udc80-\udcff]")
+
+
+def _file_lines(path: str, report: InputReport) -> Iterator[str]:
+    """The lines of a file (plain or .gz) without their line ends, bytes that are not UTF-8 dropped and counted."""
+    number = 0
+    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
+        raws = enumerate(f, start=1)
+        while True:
+            try:
+                number, raw = next(raws)
+            except StopIteration:
+                return
+            except GZIP_ERRORS as e:
+                raise corrupt_gzip_error(path, number, e) from e
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                line = raw.decode("utf-8", "surrogateescape")
+                bad = len(_ESCAPED_BYTES.findall(line))
+                report.undecodable(f"{path}:{number} (byte {e.start} of the line)", bad)
+                line = _ESCAPED_BYTES.sub("", line)
+            yield line.rstrip("\r\n")
 
 
 def _is_path_like(item) -> bool:
@@ -93,25 +161,27 @@ def _is_path_like(item) -> bool:
     return isinstance(item, str) and (os.path.exists(item) or not any(c.isspace() for c in item))
 
 
-def iter_training_lines(files_or_texts) -> Iterator[str]:
-    """Non-empty lines of the inputs (see the module docstring for what counts as a path)."""
+def iter_training_lines(files_or_texts, report: InputReport | None = None) -> Iterator[str]:
+    """Non-empty lines of the inputs (see the module docstring for what counts as a path); what was read and
+    dropped is counted in `report`."""
+    report = report if report is not None else InputReport()
     items = [files_or_texts] if isinstance(files_or_texts, (str, os.PathLike)) else list(files_or_texts)
-    markers = 0
     for item in items:
         if not _is_path_like(item):
             for line in str(item).splitlines():
                 if line.strip():
+                    report.lines += 1
                     yield line
             continue
         for path in resolve_input_files([item]):
-            with _open_text(path) as f:
-                for line in f:
-                    if _DOC_MARKER.match(line):
-                        markers += 1
-                    elif line.strip():
-                        yield line.rstrip("\n")
-    if markers:
-        log.info("skipped %d WikiExtractor <doc> marker lines", markers)
+            for line in _file_lines(path, report):
+                if _DOC_MARKER.match(line):
+                    report.doc_markers += 1
+                elif line.strip():
+                    report.lines += 1
+                    yield line
+    if report.doc_markers:
+        log.info("skipped %d WikiExtractor <doc> marker lines", report.doc_markers)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -230,7 +300,11 @@ def _occurrences(word: list[int], first: int, second: int) -> list[int]:
 
 
 def train_wordpiece(lines: Iterable[str], output_dir: str, vocab_size: int, lower_case: bool = True,
-                    num_unused: int = 0, min_frequency: int = 2) -> str:
+                    num_unused: int = 0, min_frequency: int = 2, report: InputReport | None = None,
+                    strict: bool = False) -> str:
+    """Writes vocab.txt. A vocabulary smaller than `vocab_size` is noted in `report` (an error if `strict`,
+    before anything is written)."""
+    report = report if report is not None else InputReport()
     reserved = list(SPECIAL_TOKENS) + [f"[unused{i}]" for i in range(num_unused)]
     if vocab_size <= len(reserved):
         raise ValueError(f"vocab_size={vocab_size} leaves no room beyond the {len(reserved)} reserved tokens")
@@ -238,6 +312,10 @@ def train_wordpiece(lines: Iterable[str], output_dir: str, vocab_size: int, lowe
     if not word_counts:
         raise ValueError("no training text: the inputs hold no words")
     learned = learn_wordpiece_vocab(word_counts, vocab_size - len(reserved), min_frequency)
+    report.distinct_words = len(word_counts)
+    report.vocab_size, report.vocab_size_asked = len(reserved) + len(learned), vocab_size
+    if strict and report.short_vocabulary():
+        raise ValueError(report.short_vocabulary())
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, WORDPIECE_VOCAB_FILE)
     with open(path, "w", encoding="utf-8") as f:
@@ -253,8 +331,11 @@ def train_wordpiece(lines: Iterable[str], output_dir: str, vocab_size: int, lowe
 
 
 def train_sentencepiece(lines: Iterable[str], output_dir: str, vocab_size: int, lower_case: bool = False,
-                        num_unused: int = 0, model_type: str = "unigram") -> str:
-    """The sentencepiece trainer; model_type "unigram" (its default) or "bpe" (several times faster)."""
+                        num_unused: int = 0, model_type: str = "unigram", strict: bool = False) -> str:
+    """The sentencepiece trainer; model_type "unigram" (its default) or "bpe" (several times faster).
+
+    A corpus too small for `vocab_size` pieces gives a smaller vocabulary, or with `strict` sentencepiece's error
+    (which says the largest size it can learn)."""
     import sentencepiece
 
     if lower_case:
@@ -267,7 +348,7 @@ def train_sentencepiece(lines: Iterable[str], output_dir: str, vocab_size: int, 
             model_prefix=prefix,
             model_type=model_type,
             vocab_size=vocab_size,
-            hard_vocab_limit=False,  # a small corpus gives a smaller vocabulary instead of an error
+            hard_vocab_limit=strict,  # if not: a small corpus gives a smaller vocabulary instead of an error
             pad_id=0, pad_piece=SPECIAL_TOKENS[0],
             unk_id=1, unk_piece=SPECIAL_TOKENS[1],
             bos_id=-1, eos_id=-1,
@@ -287,24 +368,35 @@ def train_sentencepiece(lines: Iterable[str], output_dir: str, vocab_size: int, 
 
 
 def train_tokenizer(files_or_texts, output_dir: str, kind: str = "wordpiece", vocab_size: int = 8000,
-                    lower_case: bool = True, num_unused: int = 0, sentencepiece_model: str = "unigram") -> Tokenizer:
-    """Train a vocabulary on the inputs, write it (+ tokenizer_config.json) to output_dir and load it."""
+                    lower_case: bool = True, num_unused: int = 0, sentencepiece_model: str = "unigram",
+                    report: InputReport | None = None, strict: bool = False) -> Tokenizer:
+    """Train a vocabulary on the inputs, write it (+ tokenizer_config.json) to output_dir and load it.
+
+    `report` (an InputReport) receives the counts: lines read, bytes that were not UTF-8 (dropped), and the
+    vocabulary size learned, for the caller to show `report.warnings()`; without one, they are logged.
+    `strict`: a vocabulary smaller than `vocab_size` is a ValueError instead of a warning."""
+    log_warnings = report is None
+    report = report if report is not None else InputReport()
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     reserved = len(SPECIAL_TOKENS) + num_unused
     if vocab_size <= reserved:
         raise ValueError(f"vocab_size={vocab_size} leaves no room beyond the {reserved} reserved tokens")
-    lines = iter_training_lines(files_or_texts)
+    lines = iter_training_lines(files_or_texts, report)
     first = next(lines, None)
     if first is None:
         what = repr(os.fspath(files_or_texts)) if isinstance(files_or_texts, (str, os.PathLike)) else "the input"
         raise ValueError(f"no training text: {what} holds no non-empty lines")
     lines = itertools.chain([first], lines)
     if kind == "wordpiece":
-        train_wordpiece(lines, output_dir, vocab_size, lower_case, num_unused)
+        train_wordpiece(lines, output_dir, vocab_size, lower_case, num_unused, report=report, strict=strict)
     else:
-        train_sentencepiece(lines, output_dir, vocab_size, lower_case, num_unused, sentencepiece_model)
+        train_sentencepiece(lines, output_dir, vocab_size, lower_case, num_unused, sentencepiece_model, strict)
     with open(os.path.join(output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
         json.dump({"type": kind, "lower_case": bool(lower_case)}, f, indent=2)
         f.write("\n")
-    return load_tokenizer(output_dir)
+    tokenizer = load_tokenizer(output_dir)
+    report.vocab_size, report.vocab_size_asked = tokenizer.vocab_size, vocab_size
+    for warning in report.warnings() if log_warnings else ():
+        log.warning("%s", warning)
+    return tokenizer

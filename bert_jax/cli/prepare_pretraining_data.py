@@ -10,6 +10,10 @@ line, blank line between documents), paragraph-per-line text, or WikiExtractor o
 bert_jax/text_reader.py); `.gz`, globs and directories work. Files are read in blocks of --block-chars
 characters, so memory stays bounded on any corpus; random-next segments come from the same block.
 
+An --output directory that holds an earlier run's shards is refused (their shards would mix with the new
+ones); --overwrite removes those files (part-*-of-*.tfrecord, pretraining_data.json, no others) and says how
+many. A run that fails (e.g. on a truncated .gz input, named in the error) leaves none of its shards behind.
+
 Prints a human summary, then one line `SUMMARY_JSON {...}` with documents, sentences, instances and what
 was skipped and why. Read the records with `input_pipeline.make_pretraining_dataset(mode='offline')`.
 """
@@ -41,6 +45,8 @@ flags.DEFINE_bool("cased", None, "keep case (the same as --nolower-case)")
 flags.DEFINE_enum("text-format", "auto", list(pretraining_data.text_reader.FORMATS),
                   "input format; auto: WikiExtractor if the file starts with <doc, else one sentence per line")
 flags.DEFINE_integer("block-chars", 4_000_000, "characters of text per block (memory bound; random-next pool)")
+flags.DEFINE_bool("overwrite", False, "if --output holds an earlier run's shards (part-*-of-*.tfrecord) and "
+                  "pretraining_data.json, remove those first (without it, that is an error); other files stay")
 flags.mark_flags_as_required(["input", "vocab", "output"])
 
 
@@ -63,13 +69,12 @@ def main(argv):
         short_seq_prob=_flag("short-seq-prob"),
         whole_word_masking=_flag("whole-word-masking"),
     )
-    try:
-        summary = pretraining_data.prepare_pretraining_data(
-            _flag("input"), _flag("vocab"), _flag("output"), config,
-            dupe_factor=_flag("dupe-factor"), seed=_flag("seed"), num_workers=_flag("num-workers"),
-            lower_case=lower_case, text_format=_flag("text-format"), block_chars=_flag("block-chars"),
-        )
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"prepare-pretraining-data: {e}") from None
+    # A ValueError / OSError (missing or corrupt input, a reused --output) is one line (bert_jax/__main__.py).
+    summary = pretraining_data.prepare_pretraining_data(
+        _flag("input"), _flag("vocab"), _flag("output"), config,
+        dupe_factor=_flag("dupe-factor"), seed=_flag("seed"), num_workers=_flag("num-workers"),
+        lower_case=lower_case, text_format=_flag("text-format"), block_chars=_flag("block-chars"),
+        overwrite=_flag("overwrite"),
+    )
     print(pretraining_data.describe_summary(summary))
     print("SUMMARY_JSON " + json.dumps(summary, sort_keys=True))
