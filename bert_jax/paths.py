@@ -8,6 +8,7 @@ metrics.jsonl, the exported model's small files, predictions, best.json) goes th
     absolute(path)                    abspath for a local path; a URL unchanged (abspath('gs://b') is './gs:/b')
     for_orbax(path)                   the directory as Orbax takes it (absolute; a URL unchanged: TensorStore reads it)
     exists, isdir, listdir, makedirs, remove, rmtree, copy, put (move a local file there)
+    move_dir(source, target)          move a directory (a rename; copy + delete on an object store)
     open(path, mode)                  text or binary, 'r' / 'w' / 'a' (+ 'b')
     read_text, write_text             whole files, errors as OSError naming the path
     publish_dir(staging, dir, last)   replace `dir` by a finished `staging` directory
@@ -152,6 +153,19 @@ def put(local_file: str, target) -> None:
         copy(local_file, target)
     else:
         os.replace(local_file, target)
+
+
+def move_dir(source, target) -> None:
+    """Moves the directory `source` to `target` (which must not exist; its parent is created). A rename on the local
+    disk; an object store has no rename, so there every file is copied, then `source` deleted: a move cut short
+    leaves `source` whole."""
+    source, target = absolute(source), absolute(target)
+    if not is_remote(source) and not is_remote(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.rename(source, target)
+        return
+    upload_dir(source, target)  # file by file; either side may be a URL
+    rmtree(source)
 
 
 def open(path, mode: str = "r"):  # noqa: A001 - the module's open, as in `paths.open`

@@ -156,11 +156,13 @@ def process_rows(mesh: Mesh, global_batch_size: int) -> slice:
     return rows
 
 
-def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh, global_batch_size: int) -> dict:
-    """Per-process numpy rows -> one global jax.Array per feature, sharded over the batch axes."""
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh, global_batch_size: Optional[int] = None) -> dict:
+    """Per-process numpy rows -> one global jax.Array per feature, sharded over the batch axes. The global rows
+    default to every process's share (process_rows) times the processes: packed batches vary in rows."""
     sharding = batch_sharding(mesh)
     out = {}
     for name, rows in local_batch.items():
         rows = np.asarray(rows)
-        out[name] = jax.make_array_from_process_local_data(sharding, rows, (global_batch_size, *rows.shape[1:]))
+        total = global_batch_size or len(rows) * jax.process_count()
+        out[name] = jax.make_array_from_process_local_data(sharding, rows, (total, *rows.shape[1:]))
     return out

@@ -9,7 +9,7 @@ rest, the same way for every task:
                          accumulates gradients over micro-batches and returns scalar metrics
     make_eval_step       the same loss without dropout or updates
     train                the host loop: data phases, metrics (checked for NaN on the host), periodic
-                         evaluation, Orbax checkpoints, SIGTERM -> save and stop, resume.
+                         evaluation, Orbax checkpoints, SIGTERM -> save and raise Preempted, resume.
 """
 
 from __future__ import annotations
@@ -70,6 +70,22 @@ class Objective(Protocol):
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; raised before anything of that state is saved."""
+
+
+PREEMPTED_EXIT_STATUS = 143  # 128 + SIGTERM: what the CLI exits with after Preempted ("saved, requeue me")
+
+
+class Preempted(Exception):
+    """`train` stopped early on SIGTERM (or a multi-host preemption notice) after saving a checkpoint of `step`:
+    running again on the same workdir resumes there. Raised, not returned, so that no caller takes the stopped
+    run for a finished one; `state` is the TrainState at `step`. The CLI turns it into PREEMPTED_EXIT_STATUS, the
+    status schedulers are told to requeue on (docs/launching.md)."""
+
+    def __init__(self, step: int, state: Any, checkpoint_dir: Optional[str]):
+        self.step, self.state, self.checkpoint_dir = step, state, checkpoint_dir
+        saved = (f"the checkpoint of step {step} is saved in {checkpoint_dir}; run again with the same workdir to "
+                 f"resume" if checkpoint_dir else "no checkpoint was saved (checkpointing is off)")
+        super().__init__(f"stopped at step {step} on SIGTERM: {saved}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -255,6 +271,9 @@ def train(*, state: TrainState, train_step: Callable, phases: Sequence[Phase], m
           on_save: Optional[Callable[[int, TrainState], None]] = None) -> TrainState:
     """Runs from state.step to the last phase's end_step and returns the final state.
 
+    Raises Preempted after SIGTERM (the checkpoint of the step it stopped at saved) and
+    checkpoints.CheckpointSaveError as soon as a save fails (no step is trained past it).
+
     `data_state` is what the checkpoint restored (None for a fresh start). Metrics of each step stay on
     the device until the next log step, where they are fetched together (no per-step host sync), checked
     for NaN/inf (naming the first bad step) and written. A checkpoint is never written for a state whose
@@ -307,7 +326,7 @@ def train(*, state: TrainState, train_step: Callable, phases: Sequence[Phase], m
                 except StopIteration:
                     raise RuntimeError(f"phase {phase.name!r}: the input ran out at step {step} "
                                        f"(it must provide batches up to step {phase.end_step})") from None
-                batch = sharding.global_batch(local, mesh, phase.global_batch_size)
+                batch = sharding.global_batch(local, mesh)  # rows: the batch's (packing changes how many)
                 state, metrics = train_step(state, batch)
                 pending.append((step + 1, metrics))
                 step += 1
@@ -317,6 +336,8 @@ def train(*, state: TrainState, train_step: Callable, phases: Sequence[Phase], m
                     first_step_of_phase = False
                 for hook in hooks:
                     hook(step, state)
+                if checkpointer is not None:
+                    checkpointer.check()  # an asynchronous save that failed stops the run now
                 stop = signals.stop_requested or (checkpointer is not None and checkpointer.reached_preemption(step))
                 last = step == total
                 saving = checkpointer is not None and (stop or last or checkpointer.should_save(step))
@@ -328,10 +349,10 @@ def train(*, state: TrainState, train_step: Callable, phases: Sequence[Phase], m
                     writer.write_eval(step, evaluate(state))
                     timer.restart(step)
                 if stop:
-                    logging.warning("stopped at step %d on SIGTERM; the checkpoint is saved", step)
                     if checkpointer is not None:
                         checkpointer.wait()
-                    return state
+                    logging.warning("stopped at step %d on SIGTERM; the checkpoint is saved", step)
+                    raise Preempted(step, state, checkpointer.directory if checkpointer is not None else None)
             phase_index = min(phase_index + 1, len(phases) - 1)
     if checkpointer is not None:
         checkpointer.wait()
@@ -385,8 +406,9 @@ class _Throughput:
         elapsed = time.perf_counter() - self.start_time
         steps = step - self.start_step
         seqs = steps * phase.global_batch_size / elapsed
-        out = {"steps_per_sec": steps / elapsed, "seq_per_sec": seqs,
-               "tokens_per_sec": seqs * phase.tokens_per_sequence}
+        out = {"steps_per_sec": steps / elapsed, "seq_per_sec": seqs}
+        if phase.tokens_per_sequence:  # 0: batches of varying length (fine-tuning's length buckets)
+            out["tokens_per_sec"] = seqs * phase.tokens_per_sequence
         if self.peak and phase.flops_per_sequence:
             out["mfu"] = seqs * phase.flops_per_sequence / (self.peak * self.num_devices)
         self.restart(step)

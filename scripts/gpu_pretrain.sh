@@ -12,7 +12,8 @@ commands:
            JAX sees the GPUs
   run      python -m bert_jax pretrain --config=$CONFIG --workdir=$WORKDIR [extra flags]; the script
            execs Python, so a SIGTERM to it (a scheduler's preemption notice) reaches the trainer, which
-           saves a checkpoint and exits; running it again with the same WORKDIR resumes
+           saves a checkpoint and exits with status 143 ("saved, requeue me"; 0 only when finished); running
+           it again with the same WORKDIR resumes (docs/launching.md: Slurm, Kubernetes, restart loops)
   all      install, then run
 
 settings (environment variables, defaults in brackets):

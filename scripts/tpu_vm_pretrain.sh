@@ -20,7 +20,8 @@ commands (each acts on every worker of the TPU VM):
            when this script or your ssh session ends
   status   whether the run is alive on each worker, with the last lines of its log
   logs     follow the log of worker $WORKER (default 0)
-  stop     send SIGTERM to the run on every worker: the trainer saves a checkpoint and exits
+  stop     send SIGTERM to the run on every worker: the trainer saves a checkpoint and exits with
+           status 143 ("saved, requeue me"); `run` again resumes
   delete   delete the TPU VM (the checkpoints in WORKDIR stay)
   all      create, setup, data (when DATA_GCS is set) and run
 
@@ -250,7 +251,7 @@ cmd_logs() {
 
 cmd_stop() {
   resolve_workdir
-  on_all_workers "if [ -f ~/$PID_FILE ] && kill -0 \$(cat ~/$PID_FILE) 2>/dev/null; then kill -TERM \$(cat ~/$PID_FILE) && echo \"\$(hostname): SIGTERM sent, the trainer saves a checkpoint and exits\"; else echo \"\$(hostname): not running\"; fi"
+  on_all_workers "if [ -f ~/$PID_FILE ] && kill -0 \$(cat ~/$PID_FILE) 2>/dev/null; then kill -TERM \$(cat ~/$PID_FILE) && echo \"\$(hostname): SIGTERM sent, the trainer saves a checkpoint and exits (status 143)\"; else echo \"\$(hostname): not running\"; fi"
 }
 
 cmd_delete() {

@@ -68,13 +68,14 @@ FAKE_GCLOUD = textwrap.dedent(
     """
 )
 
-# Records its arguments; as `-m bert_jax pretrain` it runs until SIGTERM, like the trainer would.
+# Records its arguments; as `-m bert_jax pretrain` it runs until SIGTERM and then exits with 143 (saved,
+# requeue me), like the trainer would.
 FAKE_PYTHON = textwrap.dedent(
     """\
     #!/usr/bin/env bash
     printf '%s\\n' "$(printf '%q ' "$@")" >> "$HOME/python_calls.txt"
     if [[ "${1:-} ${2:-} ${3:-}" == "-m bert_jax pretrain" ]]; then
-      trap 'echo "SIGTERM at $(pwd)"; exit 0' TERM
+      trap 'echo "SIGTERM at $(pwd)"; exit 143' TERM
       echo "pretraining with: $*"
       while true; do sleep 0.05; done
     fi
