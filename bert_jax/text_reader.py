@@ -12,7 +12,9 @@ comma-separated list of those (`resolve_input_files`); TFDS text datasets are re
 `iter_tfds_documents` (for example `wikipedia/20230601.en`, feature `text`).
 
 Nothing is dropped silently: every skipped line, document or file is counted by reason in a `ReadStats`
-(undecodable bytes, empty files, empty documents) and reported by the callers.
+(undecodable bytes, empty files, empty documents) and reported by the callers. A file that is not text at all
+(a NUL byte, or most lines not UTF-8, in its first 8 KiB: TFRecords, an archive) is a ValueError naming it
+(`check_is_text`), never read line by line.
 
 Documents carry the byte offset just past their end (`end_offset`), so that a reader can restart exactly
 at a document boundary (`iter_file_documents(path, start_offset=...)`): that is how the streaming pipeline
@@ -30,6 +32,7 @@ import glob
 import gzip
 import os
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 
 FORMATS = ("auto", "sentences", "paragraphs", "wikiextractor")
@@ -216,12 +219,74 @@ def _open_binary(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
+SNIFF_BYTES = 8192  # how much of a file `check_is_text` looks at
+
+
+def check_is_text(path: str) -> None:
+    """Raises ValueError naming `path` when it is not text: a NUL byte, or more than half of its lines not
+    UTF-8, in its first SNIFF_BYTES (decompressed for .gz). Without this a binary file (TFRecords, an archive)
+    given as text would be read line by line, its few decodable fragments trained on without a word."""
+    try:
+        with _open_binary(path) as f:
+            head = f.read(SNIFF_BYTES)
+    except (OSError, *GZIP_ERRORS):
+        return  # unreadable or a corrupt .gz: reading the file itself reports that (corrupt_gzip_error)
+    reason = not_text_reason(head, cut=len(head) == SNIFF_BYTES)
+    if reason:
+        raise ValueError(f"{path}: not text ({reason}); text input must be UTF-8")
+
+
+def not_text_reason(head: bytes, cut: bool = False) -> str | None:
+    """Why the bytes `head` (the start of a file; `cut`: it ends mid-file) are not UTF-8 text, or None."""
+    nul = head.find(b"\0")
+    if nul >= 0:
+        return f"a NUL byte at byte {nul}"
+    lines = head.split(b"\n")
+    last = len(lines) - 1
+    if cut and last > 0:
+        lines, last = lines[:-1], -1  # the last line is cut short: judge the complete ones
+    undecodable = 0
+    nonblank = 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        nonblank += 1
+        # A single line cut at SNIFF_BYTES may end inside a multi-byte character: allow up to 3 bytes short.
+        candidates = [line[: len(line) - k] for k in range(4)] if cut and i == last else [line]
+        if not any(_is_utf8(c) for c in candidates):
+            undecodable += 1
+    if nonblank and 2 * undecodable > nonblank:
+        return f"{undecodable} of the {nonblank} lines in its first {len(head)} bytes are not UTF-8"
+    return None
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# What gzip raises on a truncated (EOFError), corrupt (zlib.error, CRC: BadGzipFile) or non-gzip .gz file.
+GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def corrupt_gzip_error(path: str, lines_read: int, error: Exception) -> ValueError:
+    where = f"after line {lines_read}" if lines_read else "at its start"
+    return ValueError(f"{path}: truncated or corrupt gzip file, {where} ({error})")
+
+
 def detect_format(path: str) -> str:
     """'wikiextractor' if the first non-blank line starts with `<doc`, else 'sentences'."""
+    number = 0
     with _open_binary(path) as f:
-        for raw in f:
-            if raw.strip():
-                return "wikiextractor" if raw.lstrip().startswith(b"<doc") else "sentences"
+        try:
+            for number, raw in enumerate(f, start=1):
+                if raw.strip():
+                    return "wikiextractor" if raw.lstrip().startswith(b"<doc") else "sentences"
+        except GZIP_ERRORS as e:
+            raise corrupt_gzip_error(path, number, e) from e
     return "sentences"
 
 
@@ -234,10 +299,12 @@ def iter_file_documents(
 ) -> Iterator[Document]:
     """Yields the documents of one file (plain or .gz), from byte `start_offset` (a document boundary).
 
-    Undecodable (non-UTF-8) lines are skipped and counted; so are empty documents and empty files.
+    Undecodable (non-UTF-8) lines are skipped and counted; so are empty documents and empty files. A file
+    that is not text at all (`check_is_text`) is a ValueError naming it.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown text format {fmt!r} for {path}; expected one of {FORMATS}")
+    check_is_text(path)
     stats = stats if stats is not None else ReadStats()
     if fmt == "auto":
         fmt = detect_format(path)
@@ -262,8 +329,16 @@ def _lines(path: str, stats: ReadStats, start_offset: int):
         if start_offset:
             f.seek(start_offset)
         offset = start_offset
+        number = 0
+        raws = enumerate(f, start=1)
         # Line numbers are only exact from the start of the file; after a seek they count from there.
-        for number, raw in enumerate(f, start=1):
+        while True:
+            try:
+                number, raw = next(raws)
+            except StopIteration:
+                return
+            except GZIP_ERRORS as e:
+                raise corrupt_gzip_error(path, number, e) from e
             line_start, offset = offset, offset + len(raw)
             try:
                 text = raw.decode("utf-8")

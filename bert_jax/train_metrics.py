@@ -3,7 +3,8 @@
 Only process 0 writes; on the others MetricsWriter does nothing. In the workdir:
 
     metrics.jsonl      one JSON object per logged step: {"step": 100, "loss": ..., "mlm_accuracy": ..., ...};
-                       evaluation lines carry "eval_"-prefixed keys
+                       evaluation lines carry "eval_"-prefixed keys; other records (pretraining's input reader
+                       report: {"step": 0, "reader": {...}}) have neither
     tensorboard/       TensorBoard event files (tf.summary), train and eval scalars
 
 and one console line per logged step with a progress bar and the time left. The workdir may be a local directory
@@ -142,6 +143,13 @@ class MetricsWriter:
         self._write(step, metrics)
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         print(f"  eval @ step {step}: {shown}", file=self.console, flush=True)
+
+    def write_record(self, step: int, record: Mapping) -> None:
+        """One metrics.jsonl line that is not scalar metrics: {"step": step, **record} (e.g. the input reader's
+        report, {"reader": {...}}); lines of metrics carry "loss" or "eval_" keys, these do not."""
+        if self.enabled:
+            self._jsonl.write(json.dumps({"step": int(step), **record}) + "\n")
+            self._jsonl.flush()
 
     def write_text(self, step: int, name: str, text: str) -> None:
         if self.enabled and self._summary is not None:

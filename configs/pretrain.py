@@ -30,6 +30,12 @@ bf16 compute with float32 parameters:
   Larger global batches on small devices:
   --config.train.micro_batches=8 (gradient accumulation); on a pod slice: --config.mesh.fsdp=-1.
   Continued pretraining from a converted Google checkpoint: --config.train.init_checkpoint=DIR.
+
+TFRecords instead of text (prepare-pretraining-data's, or Google's create_pretraining_data.py's; told apart from
+text by their content, --config.data.format=text|tfrecord forces it): records have one length, so each phase names
+its own, e.g. --config.data.input_files=data/records128 and, in the second phase's dict,
+'input_files': 'data/records512' (an empty or missing input_files reads data.input_files). Each phase's
+seq_length and max_predictions are checked against the first record of every file before anything compiles.
 """
 
 from bert_jax.pretrain import default_config
