@@ -36,6 +36,21 @@ SUFFIXES = ["##s", "##es", "##ed", "##ing", "##ly", "##er", "##est", "##n", "##'
 PUNCTUATION = list(".,!?;:'\"()-/&$%")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache_for_commands(tmp_path_factory):
+    """Every command run by a test (subprocess or in-process CLI) shares one session-local persistent
+    compilation cache, instead of the user's ~/.cache/bert_jax/jax (the commands' default)."""
+    import os
+
+    previous = os.environ.get("BERT_JAX_COMPILATION_CACHE")
+    os.environ["BERT_JAX_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("jax_compilation_cache"))
+    yield os.environ["BERT_JAX_COMPILATION_CACHE"]
+    if previous is None:
+        del os.environ["BERT_JAX_COMPILATION_CACHE"]
+    else:
+        os.environ["BERT_JAX_COMPILATION_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def small_vocab_file(tmp_path_factory) -> Path:
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]

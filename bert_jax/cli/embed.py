@@ -13,6 +13,8 @@ import sys
 from absl import flags
 from absl import logging as absl_logging
 
+from bert_jax import compilation_cache
+
 flags.DEFINE_string("checkpoint", None, "bert_jax model directory.")
 flags.DEFINE_string("input", None, "UTF-8 text file, one text per line.")
 flags.DEFINE_string("output", None, "Output .npy file.")
@@ -21,12 +23,15 @@ flags.DEFINE_integer("batch-size", 32, "Texts per forward pass.", lower_bound=1)
 flags.DEFINE_integer("max-length", None, "Truncate texts to this many tokens ([CLS]/[SEP] included).", lower_bound=2)
 flags.mark_flags_as_required(["checkpoint", "input", "output"])
 
+compilation_cache.define_flag(__name__)
+
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     if not FLAGS["verbosity"].present:  # keep Orbax's INFO chatter out of a command's output
         absl_logging.set_verbosity(absl_logging.WARNING)
+    compilation_cache.configure(FLAGS.compilation_cache)
     if len(argv) > 1:
         print(f"embed: error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2

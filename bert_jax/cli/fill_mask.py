@@ -12,10 +12,14 @@ import sys
 from absl import flags
 from absl import logging as absl_logging
 
+from bert_jax import compilation_cache
+
 flags.DEFINE_string("checkpoint", None, "bert_jax model directory with an MLM head.")
 flags.DEFINE_integer("top-k", 5, "Predictions per [MASK].", lower_bound=1)
 flags.DEFINE_integer("batch-size", 8, "Texts per forward pass.", lower_bound=1)
 flags.mark_flag_as_required("checkpoint")
+
+compilation_cache.define_flag(__name__)
 
 FLAGS = flags.FLAGS
 
@@ -23,6 +27,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if not FLAGS["verbosity"].present:  # keep Orbax's INFO chatter out of a command's output
         absl_logging.set_verbosity(absl_logging.WARNING)
+    compilation_cache.configure(FLAGS.compilation_cache)
     texts = argv[1:]
     if not texts:
         print('fill-mask: error: give one or more texts, e.g. "Paris is the [MASK] of France."', file=sys.stderr)

@@ -16,6 +16,8 @@ import sys
 
 from absl import flags
 
+from bert_jax import compilation_cache
+
 flags.DEFINE_string("checkpoint", None, "Fine-tuned bert_jax model directory (a finetune run's <workdir>/model).")
 flags.DEFINE_string("task", None, "Task name (sst2, squad_v1.1, conll2003, swag, classify, ...); default: the "
                     "checkpoint's.")
@@ -24,8 +26,9 @@ flags.DEFINE_string("output", None, "Output file (or directory) for the predicti
 flags.DEFINE_string("split", "test", "How to read the input: test (unlabeled or labeled) or validation (e.g. "
                     "CoLA's headerless dev layout).")
 flags.DEFINE_integer("batch_size", 64, "Sequences per batch.")
-flags.DEFINE_string("compilation_cache", None, "Directory for JAX's persistent compilation cache.")
 flags.mark_flags_as_required(["checkpoint", "input", "output"])
+
+compilation_cache.define_flag(__name__)
 
 FLAGS = flags.FLAGS
 
@@ -41,9 +44,7 @@ def main(argv):
 
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO
-    if FLAGS.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    compilation_cache.configure(FLAGS.compilation_cache)
     try:
         result = predict(FLAGS.checkpoint, FLAGS.input, FLAGS.output, task_name=FLAGS.task, split=FLAGS.split,
                          batch_size=FLAGS.batch_size)
