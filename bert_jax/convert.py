@@ -465,7 +465,7 @@ def _fresh_part(part: str, config: BertConfig, rng) -> dict:
 
     hidden = jnp.zeros((1, 1, config.hidden_size), jnp.float32)  # [B, T, H] dummy activations
     if part == "pooler":
-        return {"bert": {"pooler": nn.meta.unbox(Pooler(config).init(rng, hidden)["params"])}}
+        return {"bert": {"pooler": nn.meta.unbox(Pooler(config).init(rng, hidden[:, 0])["params"])}}
     word_embeddings = jnp.zeros((config.vocab_size, config.hidden_size), jnp.float32)
     variables = PretrainingHeads(config).init(rng, hidden, hidden[:, 0], lambda x: x @ word_embeddings.T)
     heads = nn.meta.unbox(variables["params"])
@@ -652,17 +652,21 @@ def read_hf_state_dict(directory) -> dict:
 
 
 def _read_safetensors(path: Path) -> dict:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     out = {}
-    with safe_open(str(path), framework="np") as f:
-        for key in f.keys():
-            try:
-                value = f.get_tensor(key)
-            except TypeError:  # bfloat16 before ml_dtypes registered it with numpy: read the raw bytes
-                value = _read_bfloat16_tensor(path, key)
-            # Half-precision checkpoints: float32 here, so every reader hands back the same dtypes.
-            out[key] = value.astype(np.float32) if value.dtype.name in ("bfloat16", "float16") else value
+    try:
+        with safe_open(str(path), framework="np") as f:
+            for key in f.keys():
+                try:
+                    value = f.get_tensor(key)
+                except TypeError:  # bfloat16 before ml_dtypes registered it with numpy: read the raw bytes
+                    value = _read_bfloat16_tensor(path, key)
+                # Half-precision checkpoints: float32 here, so every reader hands back the same dtypes.
+                out[key] = value.astype(np.float32) if value.dtype.name in ("bfloat16", "float16") else value
+    except SafetensorError as e:  # a short header or data that does not cover the tensors: an interrupted download
+        raise ValueError(f"{path}: truncated or corrupt safetensors file ({path.stat().st_size} bytes; {e}); "
+                         "download it again") from e
     return out
 
 

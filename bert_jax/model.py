@@ -221,11 +221,14 @@ class Embeddings(nn.Module):
         self.layer_norm = LayerNorm(c, name="LayerNorm")
         self.dropout = Dropout(c.hidden_dropout_rate)
 
-    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    def __call__(self, input_ids, token_type_ids, deterministic: bool, position_ids=None):
         seq_len = input_ids.shape[1]
+        # Positions 0..T-1, or per token (a packed row restarts them at each instance).
+        positions = (self.position_embeddings[None, :seq_len] if position_ids is None
+                     else jnp.take(self.position_embeddings, position_ids, axis=0))  # [1 or B, T, H]
         x = (jnp.take(self.word_embeddings, input_ids, axis=0)  # [B, T, H]
              + jnp.take(self.token_type_embeddings, token_type_ids, axis=0)
-             + self.position_embeddings[None, :seq_len])
+             + positions)
         x = self.layer_norm(x)
         return self.dropout(x, deterministic=deterministic)
 
@@ -253,7 +256,8 @@ class SelfAttention(nn.Module):
         bias = jnp.stack([b for _, b in weights]).astype(dtype)  # [3, H]
         qkv = jnp.einsum("bth,hkj->btkj", x.astype(dtype), kernel) + bias  # [B, T, 3, H]
         q, k, v = (qkv[:, :, i].reshape(batch, length, c.num_heads, c.head_dim) for i in range(3))
-        key_mask = mask[:, None, None, :].astype(bool)  # [B, 1, 1, S]: padding keys are never attended
+        # mask [B, S]: padding keys are never attended; [B, T, S] (packed rows): which keys each query may attend.
+        key_mask = (mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]).astype(bool)  # [B, 1, 1|T, S]
         scale = 1.0 / math.sqrt(c.head_dim)
         dropout_active = not deterministic and c.attention_dropout_rate > 0
         impl = c.attention_impl
@@ -356,13 +360,22 @@ class Pooler(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, sequence_output):
+    def __call__(self, cls_output):
+        """The [CLS] token's output: [B, H] (or [B, K, H], one per packed instance) -> the same shape."""
         c = self.config
-        return jnp.tanh(Dense(c.hidden_size, ("embed", "act_embed_out"), c, name="dense")(sequence_output[:, 0]))
+        return jnp.tanh(Dense(c.hidden_size, ("embed", "act_embed_out"), c, name="dense")(cls_output))
 
 
 class BertModel(nn.Module):
-    """The encoder: returns (sequence_output [B, T, H], pooled_output [B, H]) in the compute dtype."""
+    """The encoder: returns (sequence_output [B, T, H], pooled_output [B, H]) in the compute dtype.
+
+    Packed rows (SPEC §5) pass `instance_ids` [B, T] (1, 2, ... per instance, 0 for padding): attention is then
+    block-diagonal, each token attending only to its own instance's tokens; `position_ids` [B, T] restart at each
+    instance, and `cls_positions` [B, K] gathers each instance's [CLS] for the pooler (pooled [B, K, H]).
+    Attention paths: the explicit softmax (with attention dropout; CPU and TPU training) and jax.nn's XLA
+    kernel take the [B, 1, T, S] mask as it is; on GPU, the cuDNN fused kernel takes it as a dense additive bias
+    (JAX's public API has no segment-aware cuDNN path), so packing there costs a [B, T, S] mask per step.
+    """
 
     config: BertConfig
 
@@ -371,7 +384,8 @@ class BertModel(nn.Module):
         self.encoder = Encoder(self.config)
         self.pooler = Pooler(self.config)
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True):
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True,
+                 instance_ids=None, position_ids=None, cls_positions=None):
         c = self.config
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
@@ -382,9 +396,13 @@ class BertModel(nn.Module):
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = _activation_constraint(self.embeddings(input_ids, token_type_ids, deterministic))
-        x = self.encoder(x, attention_mask, deterministic)
-        return x, self.pooler(x)
+        mask = attention_mask
+        if instance_ids is not None:  # [B, T, S]: same instance, and not padding
+            mask = (instance_ids[:, :, None] == instance_ids[:, None, :]) & (instance_ids[:, None, :] > 0)
+        x = _activation_constraint(self.embeddings(input_ids, token_type_ids, deterministic, position_ids))
+        x = self.encoder(x, mask, deterministic)
+        cls = x[:, 0] if cls_positions is None else gather_positions(x, cls_positions)  # [B, H] or [B, K, H]
+        return x, self.pooler(cls)
 
     def attend(self, x):
         return self.embeddings.attend(x)
@@ -462,8 +480,10 @@ class BertForPreTraining(nn.Module):
         self.cls = PretrainingHeads(self.config)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, masked_lm_positions=None,
-                 deterministic: bool = True):
-        sequence, pooled = self.bert(input_ids, attention_mask, token_type_ids, deterministic)
+                 deterministic: bool = True, instance_ids=None, position_ids=None, cls_positions=None):
+        # Packed rows (instance_ids, position_ids, cls_positions: see BertModel) give NSP logits [B, K, 2].
+        sequence, pooled = self.bert(input_ids, attention_mask, token_type_ids, deterministic, instance_ids,
+                                     position_ids, cls_positions)
         mlm_input = sequence if masked_lm_positions is None else gather_positions(sequence, masked_lm_positions)
         mlm_logits, nsp_logits = self.cls(mlm_input, pooled, self.bert.attend)
         return dict(mlm_logits=mlm_logits, nsp_logits=nsp_logits, sequence_output=sequence, pooled_output=pooled)
