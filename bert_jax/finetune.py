@@ -42,8 +42,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bert_jax import optim, paths, sharding, trainer
-from bert_jax.checkpoints import Checkpointer
+from bert_jax import length_buckets, optim, paths, sharding, trainer
+from bert_jax import workdir as workdirs
+from bert_jax.checkpoints import CheckpointMismatchError, Checkpointer
 from bert_jax.heads import (BertForMultipleChoice, BertForQuestionAnswering, BertForSequenceClassification,
                             BertForTokenClassification)
 from bert_jax.model import BertConfig, Dense
@@ -64,6 +65,12 @@ TASK_OPTION_KEYS = {"classify": ("text_column", "text_pair_column", "label_colum
 # ----------------------------------------------------------------------------------------------------
 # 1. Config: every key, its default (the BERT fine-tuning recipe), and validation
 # ----------------------------------------------------------------------------------------------------
+
+
+# Settings a workdir's checkpoints depend on: the head's shape (task, labels, kind), the encoder and its
+# vocabulary (init_checkpoint: resuming takes the tokenizer from it), the parameter layout and the optimizer
+# state's structure. A restart that changes one is refused (bert_jax/workdir.py); the others may change.
+CHECKPOINT_KEYS = ("task.name", "task.kind", "task.labels", "init_checkpoint", "model.scan_layers", "optimizer.name")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -95,6 +102,10 @@ def default_config() -> ml_collections.ConfigDict:
         truncation="original",
         doc_stride=128,  # SQuAD windows
         max_query_length=64,  # SQuAD
+        # Batches padded to the smallest bucket length that holds their longest example (bert_jax/length_buckets.py),
+        # training batches grouped by length as Hugging Face's group_by_length; False: every batch max_seq_length.
+        length_buckets=True,
+        bucket_lengths=(),  # () = 32, 64, 128, ... up to max_seq_length; else increasing, ending at max_seq_length
         max_train_examples=0,  # 0 = all; else the first N (quick runs)
         max_eval_examples=0,
         strict=False,  # True: the first bad row is an error instead of being skipped and reported
@@ -189,7 +200,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     for key, have in given.items():
         if key not in defaults:
             close = difflib.get_close_matches(key, defaults, n=1)
-            raise ValueError(f"config.{key}: unknown key" + (f"; did you mean config.{close[0]}?" if close else ""))
+            raise ValueError(f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         wrong = _type_error(defaults[key], have)
         if wrong:
             raise ValueError(f"config.{key}={have!r}: expected {wrong}")
@@ -239,6 +250,10 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         bad("data.doc_stride", "must be positive")
     if d.max_query_length < 1:
         bad("data.max_query_length", "must be positive")
+    try:
+        length_buckets.resolve_buckets(d.bucket_lengths, d.max_seq_length)
+    except ValueError as e:
+        raise ValueError(f"config.{e}") from None
     for key in ("data.max_train_examples", "data.max_eval_examples"):
         if _get(merged, key) < 0:
             bad(key, "must be >= 0 (0: all)")
@@ -536,7 +551,7 @@ class FinetuneObjective:
         classification, multiple choice   mean cross-entropy over examples
         regression                        mean squared error
         tagging                           cross-entropy summed over labeled word pieces / their count (-100 ignored)
-        span                              (start CE + end CE) / 2, averaged over windows
+        span                              (start CE + end CE) / 2 over the real tokens, averaged over windows
     """
 
     IGNORE = -100
@@ -577,6 +592,10 @@ class FinetuneObjective:
     def loss(self, params, batch, rng, normalizers, train: bool):
         out = self.apply(params, batch, rng, train)
         if self.kind == "span":
+            # Softmax over the window's real tokens only: the original also spreads probability over padding, which
+            # makes the loss depend on how far a window is padded (max_seq_length, or a length bucket).
+            real = batch["attention_mask"] != 0  # [B, T]
+            out = tuple(jnp.where(real, logits.astype(jnp.float32), SPAN_PADDING_LOGIT) for logits in out)
             start_ce = _cross_entropy(out[0], batch["start_positions"])  # [B]
             end_ce = _cross_entropy(out[1], batch["end_positions"])
             loss = jnp.sum(start_ce + end_ce) / 2 / normalizers["count"]
@@ -599,30 +618,61 @@ class FinetuneObjective:
         return jnp.sum(ce) / normalizers["count"], {"accuracy": accuracy}
 
 
+SPAN_PADDING_LOGIT = -1e9  # finite: a window's softmax over its real tokens never sees inf - inf
+
+
 def _cross_entropy(logits, labels):
     """-log softmax(logits)[label] over the last axis; logits [..., K], labels [...] -> [...]."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32))
     return -jnp.take_along_axis(logp, labels.astype(jnp.int32)[..., None], axis=-1)[..., 0]
 
 
+def buckets_of(config) -> Optional[tuple[int, ...]]:
+    """The bucket lengths batches are padded to, or None when config.data.length_buckets is off."""
+    d = config.data
+    return length_buckets.resolve_buckets(d.bucket_lengths, d.max_seq_length) if d.length_buckets else None
+
+
+def sequence_keys(kind: str) -> tuple[str, ...]:
+    """The features with a token axis (last), which a length bucket cuts: the inputs, and tagging's labels."""
+    return (*INPUT_KEYS, "labels") if kind == "tagging" else INPUT_KEYS
+
+
 class TrainBatches:
-    """Global batches of the training features, drawn from a new seeded permutation every epoch.
+    """Global batches of the training features, drawn from a new seeded order every epoch.
 
     The features are one stream of epochs (like tf.data's shuffle + repeat): a batch may span the end of one epoch
     and the start of the next, so no example is dropped. Each process returns its own rows of every global batch.
     The position is the iterator state the trainer checkpoints, so a resumed run goes on with the same batches.
+
+    With `buckets`, each epoch's order groups examples of similar length into batches (length_buckets.grouped_order)
+    and every batch is cut to the smallest bucket that holds its longest example, chosen from the whole global
+    batch so that every process cuts its rows alike; `sequence_keys` are the features with a token axis.
     """
 
     def __init__(self, features: Mapping[str, np.ndarray], keys: Sequence[str], batch_size: int, seed: int,
-                 rows: Optional[slice] = None):
+                 rows: Optional[slice] = None, buckets: Optional[Sequence[int]] = None,
+                 sequence_keys: Sequence[str] = INPUT_KEYS):
         self.arrays = {k: features[k] for k in keys}
         self.size = len(features["input_ids"])
         self.batch_size, self.seed = batch_size, seed
         self.rows = rows or slice(0, batch_size)
+        self.buckets, self.sequence_keys = buckets, tuple(sequence_keys)
+        self.lengths = length_buckets.example_lengths(features["attention_mask"]) if buckets else None
         self.position = 0  # feature rows handed out so far, over all epochs
+        self._order = (None, None)  # (epoch, its order): consecutive batches mostly fall in one epoch
 
-    def permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.size)
+    def order(self, epoch: int) -> np.ndarray:
+        """The feature indices of an epoch, in the order they are handed out."""
+        if self._order[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            if self.buckets is None:
+                order = rng.permutation(self.size)
+            else:
+                first_batch = -(epoch * self.size) % self.batch_size  # rows that finish the previous epoch's batch
+                order = length_buckets.grouped_order(self.lengths, self.batch_size, rng, first_batch)
+            self._order = (epoch, order)
+        return self._order[1]
 
     def indices(self, position: int, count: int) -> np.ndarray:
         """The feature indices of stream positions [position, position + count)."""
@@ -630,7 +680,7 @@ class TrainBatches:
         while count > 0:
             epoch, offset = divmod(position, self.size)
             take = min(count, self.size - offset)
-            out.append(self.permutation(epoch)[offset:offset + take])
+            out.append(self.order(epoch)[offset:offset + take])
             position, count = position + take, count - take
         return np.concatenate(out)
 
@@ -644,9 +694,13 @@ class TrainBatches:
         return self
 
     def __next__(self) -> dict:
-        chosen = self.indices(self.position, self.batch_size)[self.rows]
+        chosen = self.indices(self.position, self.batch_size)  # the global batch
         self.position += self.batch_size
-        return {k: v[chosen] for k, v in self.arrays.items()}
+        batch = {k: v[chosen[self.rows]] for k, v in self.arrays.items()}
+        if self.buckets is None:
+            return batch
+        length = length_buckets.bucket_for(int(self.lengths[chosen].max()), self.buckets)
+        return length_buckets.trim(batch, length, self.sequence_keys)
 
 
 def training_steps(config, num_features: int) -> tuple[int, int]:
@@ -675,17 +729,28 @@ def make_forward(objective: FinetuneObjective, mesh, param_shardings) -> Any:
     return sharding.with_mesh(jitted, mesh)
 
 
-def run_model(forward, params, features: Mapping[str, np.ndarray], batch_size: int, mesh) -> dict:
-    """The model's outputs for every feature row, in fixed-size batches (one compilation); the last batch is
-    padded with filler rows that attend to their first position only, and their outputs are dropped."""
-    n = len(features["input_ids"])
+def run_model(forward, params, features: Mapping[str, np.ndarray], batch_size: int, mesh,
+              buckets: Optional[Sequence[int]] = None, per_token: Sequence[str] = ()) -> dict:
+    """The model's outputs for every feature row, in fixed-size batches; the last batch is padded with filler rows
+    that attend to their first position only, and their outputs are dropped.
+
+    Without `buckets`, every batch is max_seq_length long (one compilation). With them, the rows are batched in
+    order of length and each batch is cut to its bucket (one compilation per bucket); the outputs come back in the
+    rows' order, and the `per_token` outputs ([B, T, ...]) are padded back to max_seq_length with PADDING_LOGIT.
+    """
+    n, max_len = features["input_ids"].shape[0], features["input_ids"].shape[-1]
+    if buckets is None:
+        plan = [(np.arange(start, min(start + batch_size, n)), max_len) for start in range(0, n, batch_size)]
+    else:
+        plan = length_buckets.batches_by_length(length_buckets.example_lengths(features["attention_mask"]),
+                                                batch_size, buckets)
     rows = sharding.process_rows(mesh, batch_size)
     pending = []
-    for start in range(0, n, batch_size):
-        real = min(batch_size, n - start)
+    for chosen, length in plan:
+        real = len(chosen)
         batch = {}
         for key in INPUT_KEYS:
-            part = features[key][start:start + real]
+            part = features[key][chosen][..., :length]
             padded = np.zeros((batch_size, *part.shape[1:]), np.int32)
             padded[:real] = part
             batch[key] = padded
@@ -693,17 +758,39 @@ def run_model(forward, params, features: Mapping[str, np.ndarray], batch_size: i
         out = forward(params, sharding.global_batch({k: v[rows] for k, v in batch.items()}, mesh, batch_size))
         pending.append((real, out))
     fetched = jax.device_get([out for _, out in pending])
-    keys = fetched[0].keys() if fetched else ()
-    return {k: np.concatenate([np.asarray(out[k])[:real] for (real, _), out in zip(pending, fetched)])
-            for k in keys}
+    if not fetched:
+        return {}
+    outputs = {}
+    for key in fetched[0]:
+        parts = []
+        for (real, _), out in zip(pending, fetched):
+            part = np.asarray(out[key])[:real]
+            if key in per_token and part.shape[1] < max_len:
+                width = [(0, 0)] * part.ndim
+                width[1] = (0, max_len - part.shape[1])
+                part = np.pad(part, width, constant_values=length_buckets.PADDING_LOGIT)
+            parts.append(part)
+        gathered = np.concatenate(parts)
+        order = np.concatenate([chosen for chosen, _ in plan])
+        outputs[key] = np.empty_like(gathered)
+        outputs[key][order] = gathered
+    return outputs
 
 
-def evaluate_splits(task, splits: Sequence[Split], outputs_of, decode_options) -> tuple[dict, dict]:
+def per_token_outputs(kind: str) -> tuple[str, ...]:
+    """The outputs of make_forward with a token axis (axis 1)."""
+    return {"tagging": ("logits",), "span": ("start_logits", "end_logits")}.get(kind, ())
+
+
+def evaluate_splits(task, splits: Sequence[Split], outputs_of, decode_options,
+                    decoded: Optional[Mapping[str, Any]] = None) -> tuple[dict, dict]:
     """({metric: value}, {split: predictions}); with several dev splits (MNLI) the metrics of all but the first
-    are prefixed with the split name, and the first split's metrics pick the best checkpoint."""
+    are prefixed with the split name, and the first split's metrics pick the best checkpoint. `decoded` holds
+    splits' predictions already made by the same parameters (not run again)."""
     metrics, predictions = {}, {}
     for i, split in enumerate(splits):
-        predicted = decode(task, outputs_of(split), split, decode_options)
+        predicted = (decoded[split.name] if decoded and split.name in decoded
+                     else decode(task, outputs_of(split), split, decode_options))
         predictions[split.name] = predicted
         if split.labeled:
             values = task.evaluate(predicted, split.examples)
@@ -730,7 +817,8 @@ def finetune_record(config, task, step: int, metrics: Mapping) -> dict:
     if "labels" in options or task.name == "classify":
         options["labels"] = list(task.labels)
     return {"task": task.name, "task_options": options, "kind": task.kind, "labels": list(task.labels),
-            "data": {k: config.data[k] for k in ("max_seq_length", "truncation", "doc_stride", "max_query_length")},
+            "data": {k: config.data[k] for k in ("max_seq_length", "truncation", "doc_stride", "max_query_length",
+                                                 "bucket_lengths")},
             "decode": dict(config.decode), "step": step, "metrics": dict(metrics),
             "init_checkpoint": paths.absolute(config.init_checkpoint)}
 
@@ -794,24 +882,28 @@ class Setup:
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str, devices: Optional[Sequence] = None) -> Setup:
-    """Validates the config, reads the data, loads the encoder, and creates or restores the train state."""
-    from bert_jax.pretrain import prepare_workdir
+    """Validates the config, reads the data, loads the encoder, and creates or restores the train state.
+
+    Takes the workdir's lock (bert_jax.workdir): train_and_evaluate releases it at its end; a caller of prepare
+    alone holds it until workdir.release(setup.workdir) or the process's exit."""
     from bert_jax.tasks import get_task
 
     config = validate_config(config)
-    workdir = prepare_workdir(workdir)
+    workdir = workdirs.prepare(workdir, config, incompatible=CHECKPOINT_KEYS, path_keys=("init_checkpoint",),
+                               defaults=default_config().to_dict(), what="task and model")
     mesh = sharding.make_mesh(dict(config.mesh), devices)
     check_against_mesh(config, mesh)
     bert, encoder, tokenizer, source = load_encoder(config, mesh)
     task = get_task(config.task.name, **_task_options(config))
     task, train, dev, test = load_data(config, task, tokenizer)
-    if jax.process_index() == 0:
-        paths.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2) + "\n")
 
     objective = FinetuneObjective(task.kind, bert, task.num_labels, getattr(task, "num_choices", 4))
     total_steps, steps_per_epoch = training_steps(config, len(train))
     tx, schedule = _optimizer(config, total_steps)
     eval_every = min(config.train.eval_every or steps_per_epoch, total_steps)
+    # Before the Checkpointer, which already cleans up in the workdir: a rejected run changes nothing there.
+    workdirs.check_checkpoint_shapes(workdir, trainer.abstract_train_state(
+        objective, tx, trainer.state_shardings(objective, tx, mesh)), what="task and model")
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                 save_every=config.train.checkpoint_every or eval_every,
                                 keep_last=config.train.keep_checkpoints, async_save=config.train.async_checkpoints)
@@ -820,6 +912,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, devices: Optional[S
     except BaseException:
         checkpointer.close()
         raise
+    workdirs.write_config(workdir, config)  # only now: the run is accepted and its state restored
     return Setup(config=config, workdir=workdir, mesh=mesh, bert=bert, tokenizer=tokenizer, task=task, train=train,
                  dev=dev, test=test, objective=objective, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                  eval_every=eval_every, tx=tx, schedule=schedule, checkpointer=checkpointer, state=state,
@@ -829,14 +922,17 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, devices: Optional[S
 def _initial_state(config, objective, tx, mesh, checkpointer, encoder, source):
     """Resume from the workdir's latest checkpoint; else a fresh state (new head, fresh optimizer) whose encoder
     is replaced by the checkpoint's."""
-    latest = checkpointer.latest_step()
     shardings = trainer.state_shardings(objective, tx, mesh)
-    if latest is not None:
-        try:
-            state, data_state = checkpointer.restore(latest, trainer.abstract_train_state(objective, tx, shardings))
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"{checkpointer.directory}/{latest}: cannot restore onto this config's task and model "
-                             f"({e}); use a new workdir or the config the checkpoint was written with") from None
+    if checkpointer.latest_step() is not None:
+        try:  # the newest checkpoint that restores: damaged ones are moved aside (and reported) on the way
+            restored = checkpointer.restore_latest(trainer.abstract_train_state(objective, tx, shardings))
+        except CheckpointMismatchError as e:
+            raise ValueError(f"{e}: cannot restore onto this config's task and model; use a new workdir or the "
+                             f"config the checkpoint was written with") from None
+        finally:
+            for damaged in checkpointer.set_aside:
+                _announce(f"damaged checkpoint: {damaged}")
+        latest, state, data_state = restored
         _announce(f"resuming from the checkpoint at step {latest} in {checkpointer.directory}")
         return state, shardings, data_state
     expected = jax.eval_shape(lambda: nn.meta.unbox(objective.init_params(jax.random.PRNGKey(0))))["bert"]
@@ -847,6 +943,7 @@ def _initial_state(config, objective, tx, mesh, checkpointer, encoder, source):
     return state, shardings, None
 
 
+@workdirs.releases_locks
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks: Sequence = (),
                        devices: Optional[Sequence] = None) -> dict:
     """Fine-tunes per `config` in `workdir` (resuming from its latest checkpoint if there is one).
@@ -863,7 +960,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
     forward = make_forward(setup.objective, mesh, setup.shardings.params)
 
     def outputs_for(params):
-        return lambda split: run_model(forward, params, split.features, config.train.eval_batch_size, mesh)
+        return lambda split: run_model(forward, params, split.features, config.train.eval_batch_size, mesh,
+                                       buckets_of(config), per_token_outputs(task.kind))
 
     def keep(state, metrics: dict) -> None:
         nonlocal best
@@ -876,11 +974,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
         if jax.process_index() == 0:
             _write_json(best_file, best)
 
+    kept = {}  # the step and dev predictions of the evaluation that exported the model in this run
+
     def evaluate(state):
-        metrics, _ = evaluate_splits(task, setup.dev, outputs_for(state.params), config.decode)
+        metrics, predictions = evaluate_splits(task, setup.dev, outputs_for(state.params), config.decode)
         score = metrics.get(task.best_metric, float("nan"))
         if config.train.keep_best and _improves(score, best):
             keep(state, metrics)
+            kept.update(step=int(state.step), predictions=predictions)
             _announce(f"  new best {task.best_metric}={score:.4f} at step {best['step']}: exported to {model_dir}")
         return metrics
 
@@ -889,8 +990,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
     phase = trainer.Phase(
         name="finetune", end_step=setup.total_steps, global_batch_size=config.train.batch_size,
         make_iterator=lambda _: TrainBatches(setup.train.features, train_keys, config.train.batch_size,
-                                             config.train.seed, rows),
-        tokens_per_sequence=config.data.max_seq_length)
+                                             config.train.seed, rows, buckets_of(config), sequence_keys(task.kind)),
+        tokens_per_sequence=0 if config.data.length_buckets else config.data.max_seq_length)
     _announce(f"{task.name}: {len(setup.train)} training features, {setup.total_steps} steps of "
               f"{config.train.batch_size} ({setup.steps_per_epoch} per epoch), evaluation every {setup.eval_every} "
               f"steps on {', '.join(f'{s.name} ({len(s.examples)})' for s in setup.dev) or 'nothing'}")
@@ -905,24 +1006,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
             evaluate=evaluate if setup.dev else None,
             peak_flops_per_device=peak_flops_per_device(mesh.devices.flat[0], config.train.peak_flops_per_device),
             hooks=hooks)
-        finished = int(state.step) == setup.total_steps
-        if finished and (not config.train.keep_best or not setup.dev or not paths.exists(model_dir)):
+        # trainer.train returns only at the last step (SIGTERM raises trainer.Preempted: the next run resumes).
+        if not config.train.keep_best or not setup.dev or not paths.exists(model_dir):
             keep(state, {})  # the last weights: no dev set to choose by, or keep_best=False
     finally:
         setup.checkpointer.close()
         if writer is not None:
             writer.close()
     result = {"state": state, "best": best, "model_dir": model_dir, "metrics": {}, "predictions": []}
-    if not finished:  # stopped early (SIGTERM): the next run resumes and writes the predictions
-        return result
 
-    # The exported model's predictions for every dev and test split, in the task's own formats.
-    from bert_jax.pretrained import load_pretrained
+    # The exported model's predictions for every dev and test split, in the task's own formats. When that model
+    # is the final state, exported by this run's last evaluation, its weights are in memory and its dev
+    # predictions made; otherwise (an earlier best, or a resumed run) it is read back from the model directory.
+    decoded = None
+    if kept.get("step") == int(state.step):
+        params, decoded = state.params, kept["predictions"]
+    else:
+        from bert_jax.pretrained import load_pretrained
 
-    exported = load_pretrained(model_dir, config_overrides=model_overrides(config))
-    params = jax.device_put(exported.params, setup.shardings.params)
+        exported = load_pretrained(model_dir, config_overrides=model_overrides(config))
+        params = jax.device_put(exported.params, setup.shardings.params)
     output_dir = os.path.join(workdir, "predictions")
-    metrics, predictions = evaluate_splits(task, [*setup.dev, *setup.test], outputs_for(params), config.decode)
+    metrics, predictions = evaluate_splits(task, [*setup.dev, *setup.test], outputs_for(params), config.decode,
+                                           decoded)
     written = []
     if jax.process_index() == 0:
         written = write_into_directory(output_dir, task, [(predictions[split.name], split.examples, split.name)
@@ -956,7 +1062,7 @@ def _write_json(path: str, content) -> None:
 
 
 def predict(checkpoint: str, input_path: str, output: str, *, task_name: Optional[str] = None,
-            split: str = "test", batch_size: int = 64, strict: bool = False,
+            split: str = "test", batch_size: int = 64, strict: bool = False, bucketed: bool = True,
             devices: Optional[Sequence] = None) -> dict:
     """Runs a fine-tuned bert_jax model directory on `input_path` (a file in the task's original format) and writes
     the task's predictions to `output`: a file (extra files such as SQuAD's n-best go next to it, named
@@ -964,7 +1070,8 @@ def predict(checkpoint: str, input_path: str, output: str, *, task_name: Optiona
 
     The task, its options and the featurization come from the directory's finetune.json (written by
     `finetune`); `task_name` must agree with it, and is needed for a directory without one (e.g. a converted
-    Hugging Face classifier). Labeled input is also scored. Returns {"paths", "metrics", "report"}.
+    Hugging Face classifier). Labeled input is also scored. Batches are padded to length buckets (the model
+    directory's, else the default ones) unless `bucketed` is False. Returns {"paths", "metrics", "report"}.
     """
     from bert_jax.pretrained import load_pretrained, read_manifest
     from bert_jax.tasks import get_task
@@ -1008,8 +1115,11 @@ def predict(checkpoint: str, input_path: str, output: str, *, task_name: Optiona
     objective = FinetuneObjective(task.kind, bert, task.num_labels, getattr(task, "num_choices", 4))
     param_shardings = sharding.logical_shardings(jax.eval_shape(objective.init_params, jax.random.PRNGKey(0)), mesh)
     forward = make_forward(objective, mesh, param_shardings)
-    placed = jax.device_put(params, param_shardings)
-    outputs = run_model(forward, placed, split_data.features, batch_size, mesh)
+    # Only the parts this task's model has: a converted Hugging Face classifier also brings its pretraining heads.
+    placed = jax.device_put({k: params[k] for k in param_shardings}, param_shardings)
+    buckets = (length_buckets.resolve_buckets(data.get("bucket_lengths", ()), data["max_seq_length"])
+               if bucketed else None)
+    outputs = run_model(forward, placed, split_data.features, batch_size, mesh, buckets, per_token_outputs(task.kind))
     predictions = decode(task, outputs, split_data, decode_options)
     metrics = task.evaluate(predictions, examples) if split_data.labeled else None
     written = write_predictions_to(output, task, predictions, examples, split)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import uuid
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -30,14 +29,17 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from bert_jax import optim, paths, sharding, trainer
-from bert_jax.checkpoints import Checkpointer
+from bert_jax import optim, paths, pretrain_input, sharding, trainer
+from bert_jax import workdir as workdirs
+from bert_jax.checkpoints import CheckpointMismatchError, Checkpointer
 from bert_jax.model import SIZES, BertConfig, BertForPreTraining, dummy_inputs
 from bert_jax.pretrained import Pretrained
 from bert_jax.train_metrics import MetricsWriter, flops_per_sequence, peak_flops_per_device
 
 DATA_SOURCES = ("builtin", "files", "synthetic")
 PHASE_KEYS = ("fraction", "seq_length", "batch_size", "max_predictions")
+PHASE_OPTIONAL_KEYS = ("input_files",)  # '' (the default): config.data.input_files
+INPUT_FORMATS = ("auto", "text", "tfrecord")
 FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
             "masked_lm_weights", "next_sentence_labels")
 
@@ -67,8 +69,10 @@ def default_config() -> ml_collections.ConfigDict:
     )
     c.data = dict(
         source="files",  # builtin (CPython's docs) | files (your text) | synthetic (learnable random ids)
-        input_files="",  # text for source=files: files, globs or directories, comma-separated
-        eval_input_files="",  # held-out text; '' evaluates on nothing (source=builtin holds out one file)
+        input_files="",  # source=files: text or TFRecords; files, globs or directories, comma-separated
+        eval_input_files="",  # held-out text or TFRecords; '' evaluates on nothing (source=builtin holds out one file)
+        format="auto",  # auto (text or TFRecords, told apart by content) | text | tfrecord
+        allow_mostly_skipped=False,  # train on a text input even if most of its lines/documents are skipped
         vocab_file="",  # vocab.txt, SentencePiece .model, or a directory; '' for builtin: trained on the corpus
         lower_case=True,
         builtin_vocab_size=8000,
@@ -79,13 +83,21 @@ def default_config() -> ml_collections.ConfigDict:
         dynamic_masking=False,  # RoBERTa-style: new masks each time an example is read
         dupe_factor=10,  # passes over the corpus with fresh random choices (static masking)
         seed=12345,
+        # Sequence packing (bert_jax/packing.py, SPEC §5): several whole instances per row, attention kept within
+        # each. A phase's batch_size still counts instances; they travel in fewer rows (found from the first batch,
+        # or packing_rows per global batch). Held-out evaluation stays unpacked (the same losses either way).
+        packing=False,
+        packing_max_instances=4,  # instances per row at most (NSP slots)
+        packing_rows=0,  # rows per global batch; 0: what the first batch needs + 15%
+        packing_row_length=0,  # 0: the phase's seq_length; longer rows hold more instances (up to the model's
+                               # max_position_embeddings)
     )
     # Sequence-length phases, run in order: a fraction of train.num_steps each, with their own length,
     # global batch size and masked positions per sequence (about 15% of the length).
     c.phases = (
-        dict(fraction=0.9, seq_length=128, batch_size=256, max_predictions=20),
-        dict(fraction=0.1, seq_length=512, batch_size=256, max_predictions=80),
-    )
+        dict(fraction=0.9, seq_length=128, batch_size=256, max_predictions=20, input_files=""),
+        dict(fraction=0.1, seq_length=512, batch_size=256, max_predictions=80, input_files=""),
+    )  # input_files: this phase's own files (TFRecords are written at one length), '' for data.input_files
     c.optimizer = dict(
         name="adamw",  # adamw (the original, SPEC §3) | lamb
         learning_rate=1e-4,
@@ -140,7 +152,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     for key in given:
         if key not in defaults:
             close = difflib.get_close_matches(key, defaults, n=1)
-            raise ValueError(f"config.{key}: unknown key" + (f"; did you mean config.{close[0]}?" if close else ""))
+            raise ValueError(f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         want, have = defaults[key], given[key]
         if isinstance(want, bool) != isinstance(have, bool) or (
                 isinstance(want, (int, float)) and not isinstance(have, (int, float))) or (
@@ -160,8 +172,17 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         bad("model.vocab_size", "must be positive, or 0 for the tokenizer's vocabulary size")
     if merged.data.source not in DATA_SOURCES:
         bad("data.source", f"must be one of {DATA_SOURCES}")
-    if merged.data.source == "files" and not merged.data.input_files:
-        bad("data.input_files", "data.source='files' needs text files to read")
+    own_files = [bool(phase.get("input_files")) for phase in merged.phases if isinstance(phase, Mapping)]
+    if merged.data.source == "files" and not merged.data.input_files and not (own_files and all(own_files)):
+        bad("data.input_files", "data.source='files' needs input files (text or TFRecords), here or in every "
+                                "config.phases[i].input_files")
+    if merged.data.format not in INPUT_FORMATS:
+        bad("data.format", f"must be one of {INPUT_FORMATS}")
+    if merged.data.source != "files" and merged.data.format != "auto":
+        bad("data.format", f"only for data.source='files' (data.source={merged.data.source!r})")
+    if merged.data.source != "files" and any(own_files):
+        raise ValueError(f"config.phases[{own_files.index(True)}].input_files: only for data.source='files' "
+                         f"(data.source={merged.data.source!r})")
     if merged.data.source == "files" and not merged.data.vocab_file and not merged.train.init_checkpoint:
         bad("data.vocab_file", "data.source='files' needs a vocabulary (or train.init_checkpoint with one)")
     if merged.data.source == "synthetic" and not merged.model.vocab_size:
@@ -187,6 +208,8 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         if axis_size == 0 or axis_size < -1:
             bad(f"mesh.{key}", "must be a positive size or -1")
     _validate_phases(merged)
+    _validate_packing(merged)
+    merged.phases = tuple(dict(phase, input_files=phase.get("input_files", "")) for phase in merged.phases)
     merged.lock()
     return merged
 
@@ -198,8 +221,12 @@ def _validate_phases(config) -> None:
     total = 0.0
     for i, phase in enumerate(phases):
         where = f"config.phases[{i}]"
-        if not isinstance(phase, Mapping) or set(phase) != set(PHASE_KEYS):
-            raise ValueError(f"{where}={phase!r}: must be a dict with keys {PHASE_KEYS}")
+        if not isinstance(phase, Mapping) or not set(PHASE_KEYS) <= set(phase) <= {*PHASE_KEYS, *PHASE_OPTIONAL_KEYS}:
+            raise ValueError(f"{where}={phase!r}: must be a dict with keys {PHASE_KEYS} (and optionally "
+                             f"{PHASE_OPTIONAL_KEYS})")
+        if not isinstance(phase.get("input_files", ""), str):
+            raise ValueError(f"{where}.input_files={phase['input_files']!r}: must be a string (files, globs or "
+                             f"directories, comma-separated)")
         if not 0 < phase["fraction"] <= 1:
             raise ValueError(f"{where}.fraction={phase['fraction']}: must be in (0, 1]")
         total += phase["fraction"]
@@ -222,6 +249,35 @@ def _validate_phases(config) -> None:
         if end <= start:
             raise ValueError(f"config.phases[{i}].fraction={phases[i]['fraction']}: gives no steps out of "
                              f"config.train.num_steps={config.train.num_steps}")
+
+
+def _validate_packing(config) -> None:
+    d = config.data
+    if not d.packing:
+        for key in ("packing_rows", "packing_row_length"):
+            if d[key]:
+                raise ValueError(f"config.data.{key}={d[key]}: only with config.data.packing=True")
+        return
+    if config.data.source == "synthetic":
+        raise ValueError("config.data.packing: data.source='synthetic' makes every instance full-length, with no "
+                         "padding to pack away; use text or TFRecords")
+    if d.packing_max_instances < 1:
+        raise ValueError(f"config.data.packing_max_instances={d.packing_max_instances}: must be at least 1")
+    if d.packing_rows < 0:
+        raise ValueError(f"config.data.packing_rows={d.packing_rows}: must be >= 0 (0: from the first batch)")
+    if d.packing_row_length > config.model.max_position_embeddings:
+        raise ValueError(f"config.data.packing_row_length={d.packing_row_length}: beyond "
+                         f"config.model.max_position_embeddings={config.model.max_position_embeddings}")
+    for i, phase in enumerate(config.phases):
+        if d.packing_row_length and d.packing_row_length < phase["seq_length"]:
+            raise ValueError(f"config.data.packing_row_length={d.packing_row_length}: shorter than "
+                             f"config.phases[{i}].seq_length={phase['seq_length']}; a row must hold a whole instance")
+        if d.packing_rows > phase["batch_size"]:
+            raise ValueError(f"config.data.packing_rows={d.packing_rows}: more rows than config.phases[{i}]."
+                             f"batch_size={phase['batch_size']} instances")
+        if d.packing_rows and d.packing_rows % config.train.micro_batches:
+            raise ValueError(f"config.data.packing_rows={d.packing_rows}: not divisible by "
+                             f"config.train.micro_batches={config.train.micro_batches}")
 
 
 def _get(config, dotted: str):
@@ -252,18 +308,23 @@ def check_against_mesh(config, mesh) -> None:
                 f"divide over the {dp} data-parallel devices (mesh data x fsdp)")
 
 
+# Settings the checkpoints depend on: they fix the parameter shapes (size, vocabulary: the file, the trained
+# built-in one, or the init checkpoint's), the parameter layout (scan_layers) or the optimizer state's structure.
+# A restart that changes one of them is refused (bert_jax/workdir.py); the others may change between restarts.
+CHECKPOINT_KEYS = ("model.size", "model.vocab_size", "model.max_position_embeddings", "model.scan_layers",
+                   "data.vocab_file", "data.builtin_vocab_size", "train.init_checkpoint", "optimizer.name")
+PATH_KEYS = ("data.vocab_file", "train.init_checkpoint")
+
+
 def prepare_workdir(workdir: str) -> str:
-    """The absolute workdir (a bucket URL such as gs://bucket/run as given), created; a clear error if it cannot
-    be written. Every process checks: each writes its shards of the checkpoints there."""
-    path = paths.absolute(workdir)
-    probe = os.path.join(path, f".write_test_{uuid.uuid4().hex}")
-    try:
-        paths.makedirs(path)
-        paths.write_text(probe, "ok")
-        paths.remove(probe)
-    except OSError as e:
-        raise ValueError(f"workdir {path}: cannot be written ({e.strerror or e})") from None
-    return path
+    """The absolute workdir, created and writable (bert_jax.workdir.create; no lock: also for readers)."""
+    return workdirs.create(workdir)
+
+
+def prepare_run_workdir(config, workdir: str) -> str:
+    """The workdir of a run: created, locked (one run at a time), and config checked against its config.json."""
+    return workdirs.prepare(workdir, config, incompatible=CHECKPOINT_KEYS, path_keys=PATH_KEYS,
+                            defaults=default_config().to_dict(), what="model and optimizer")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -282,7 +343,8 @@ def prepare_text(config, workdir: str) -> tuple[Optional[Any], list[str], list[s
     if data.source == "builtin":
         train_files, eval_files = builtin_text(config, workdir)
     else:
-        train_files = resolve_input_files(data.input_files)
+        # Empty when every phase names its own files (config.phases[i].input_files).
+        train_files = resolve_input_files(data.input_files) if data.input_files else []
         eval_files = resolve_input_files(data.eval_input_files) if data.eval_input_files else []
     if data.vocab_file:
         tokenizer = load_tokenizer(data.vocab_file, lower_case=data.lower_case)
@@ -396,26 +458,33 @@ class PretrainingObjective:
 
     def normalizers(self, batch):
         weights = batch["masked_lm_weights"].astype(jnp.float32).sum()
-        return {"mlm": weights + 1e-5, "mlm_count": jnp.maximum(weights, 1.0),
-                "nsp": jnp.float32(batch["input_ids"].shape[0])}
+        # Instances: one per row, or (packed rows, bert_jax/packing.py) the real NSP slots of the batch.
+        instances = (batch["nsp_weights"].astype(jnp.float32).sum() if "nsp_weights" in batch
+                     else jnp.float32(batch["input_ids"].shape[0]))
+        return {"mlm": weights + 1e-5, "mlm_count": jnp.maximum(weights, 1.0), "nsp": instances}
 
     def loss(self, params, batch, rng, normalizers, train: bool):
+        packed = {k: batch[k] for k in ("instance_ids", "position_ids", "cls_positions") if k in batch}
         out = self.model.apply({"params": params}, batch["input_ids"], batch["input_mask"], batch["segment_ids"],
-                               batch["masked_lm_positions"], deterministic=not train, rngs={"dropout": rng})
+                               batch["masked_lm_positions"], deterministic=not train, rngs={"dropout": rng},
+                               **packed)
         weights = batch["masked_lm_weights"].astype(jnp.float32)  # [B, P]
         mlm_logp = jax.nn.log_softmax(out["mlm_logits"].astype(jnp.float32))  # [B, P, V]
         mlm_ids = batch["masked_lm_ids"].astype(jnp.int32)
         mlm_ce = -jnp.take_along_axis(mlm_logp, mlm_ids[..., None], axis=-1)[..., 0]  # [B, P]
-        nsp_logp = jax.nn.log_softmax(out["nsp_logits"].astype(jnp.float32))  # [B, 2]
-        nsp_labels = batch["next_sentence_labels"].astype(jnp.int32).reshape(-1)
-        nsp_ce = -jnp.take_along_axis(nsp_logp, nsp_labels[:, None], axis=-1)[:, 0]  # [B]
+        # NSP per instance: [B, 2] logits, or [B, K, 2] for packed rows (empty slots have nsp_weight 0).
+        nsp_logp = jax.nn.log_softmax(out["nsp_logits"].astype(jnp.float32)).reshape(-1, 2)  # [I, 2]
+        nsp_labels = batch["next_sentence_labels"].astype(jnp.int32).reshape(-1)  # [I]
+        nsp_weights = (batch["nsp_weights"].astype(jnp.float32).reshape(-1) if "nsp_weights" in batch
+                       else jnp.ones_like(nsp_labels, jnp.float32))
+        nsp_ce = -jnp.take_along_axis(nsp_logp, nsp_labels[:, None], axis=-1)[:, 0]  # [I]
         mlm_loss = jnp.sum(weights * mlm_ce) / normalizers["mlm"]
-        nsp_loss = jnp.sum(nsp_ce) / normalizers["nsp"]
+        nsp_loss = jnp.sum(nsp_weights * nsp_ce) / normalizers["nsp"]
         metrics = {
             "mlm_loss": mlm_loss,
             "nsp_loss": nsp_loss,
             "mlm_accuracy": jnp.sum(weights * (jnp.argmax(mlm_logp, -1) == mlm_ids)) / normalizers["mlm_count"],
-            "nsp_accuracy": jnp.sum(jnp.argmax(nsp_logp, -1) == nsp_labels) / normalizers["nsp"],
+            "nsp_accuracy": jnp.sum(nsp_weights * (jnp.argmax(nsp_logp, -1) == nsp_labels)) / normalizers["nsp"],
         }
         return mlm_loss + nsp_loss, metrics
 
@@ -498,55 +567,95 @@ class SyntheticPretrainingData:
 
 
 def make_input(config, phase: Mapping, *, tokenizer, files: Sequence[str], mesh, seed: int, train: bool,
-               continue_from: Optional[dict] = None):
+               continue_from: Optional[dict] = None, input_format: Optional[str] = None):
     """This process's batches of one phase: an iterator of dicts of numpy arrays (FEATURES) with
-    get_state/set_state. `continue_from`, the previous phase's final input state, makes the new
-    phase go on where that one stopped (at the new length) instead of starting the corpus over."""
+    get_state/set_state. `files` are text (the streaming pipeline makes and masks instances) or TFRecords
+    (bert_jax/tfrecord_input.py), as `input_format` says ('text' | 'tfrecord'; None: found from their content,
+    or as config.data.format forces); both give the same keys, dtypes and shapes. `continue_from`, the previous
+    phase's final input state, makes the new phase go on where that one stopped (at the new length) instead of
+    starting the corpus over; a phase reading other files (TFRecords at another length) starts at their start."""
     rows = sharding.process_rows(mesh, phase["batch_size"])
     if config.data.source == "synthetic":
         data = SyntheticPretrainingData(phase["batch_size"], phase["seq_length"], phase["max_predictions"],
                                         config.model.vocab_size, seed=seed, rows=rows)
-    else:
-        from bert_jax.input_pipeline import PretrainingIterator
+        if continue_from is not None:
+            data.set_state(continue_from)
+        return data
+    from bert_jax import tfrecord_input
+    from bert_jax.input_pipeline import PretrainingIterator
 
-        d = config.data
+    if input_format is None:
+        input_format, files = tfrecord_input.input_format(files, config.data.format)
+    d = config.data
+    if input_format == "tfrecord":
+        data = tfrecord_input.make_iterator(
+            files, batch_size=rows.stop - rows.start, seq_length=phase["seq_length"],
+            max_predictions=phase["max_predictions"], seed=seed, process_index=jax.process_index(),
+            process_count=jax.process_count(), shuffle=train)
+    else:
         data = PretrainingIterator(
             input_pattern=list(files), tokenizer=tokenizer, mode="streaming", batch_size=rows.stop - rows.start,
             max_seq_length=phase["seq_length"], max_predictions_per_seq=phase["max_predictions"],
             masked_lm_prob=d.masked_lm_prob, short_seq_prob=d.short_seq_prob, whole_word_masking=d.whole_word_masking,
             dynamic_masking=d.dynamic_masking, dupe_factor=d.dupe_factor, seed=seed,
             process_index=jax.process_index(), process_count=jax.process_count(), repeat=True, shuffle=train)
-    if continue_from is not None:
-        if config.data.source == "synthetic":
-            data.set_state(continue_from)
-        else:
-            data.set_state(continue_from, allow_shape_change=True)
+    if train and d.packing:
+        data = packed(config, phase, data, mesh)
+    # A position is only meaningful on the stream it was taken on (same files, seed and shard).
+    if continue_from is not None and continue_from.get("fingerprint") == data.spec.fingerprint():
+        data.set_state(continue_from, allow_shape_change=True)
     return data
 
 
-def make_phases(config, bert: BertConfig, *, tokenizer, files, mesh) -> list[trainer.Phase]:
+def packed(config, phase: Mapping, instances, mesh):
+    """The phase's instances packed into rows (bert_jax/packing.py); the batch still counts instances."""
+    from bert_jax import packing
+
+    d = config.data
+    return packing.PackedBatches(
+        instances, batch_size=phase["batch_size"], row_length=d.packing_row_length or phase["seq_length"],
+        max_instances=d.packing_max_instances,
+        max_predictions=packing.default_max_predictions(phase["max_predictions"], d.packing_max_instances),
+        rows=d.packing_rows, row_multiple=sharding.data_parallel_size(mesh) * config.train.micro_batches,
+        process_count=jax.process_count())
+
+
+def make_phases(config, bert: BertConfig, *, tokenizer, files, mesh, inputs=None) -> list[trainer.Phase]:
+    """The trainer's phases. `inputs` (pretrain_input.plan_inputs) gives each phase its files and their kind
+    and collects the iterators for the reader report; without it every phase reads `files`."""
     phases = []
     for i, (phase, end) in enumerate(zip(config.phases, phase_end_steps(config))):
-        def make_iterator(continue_from=None, phase=phase):
-            return make_input(config, phase, tokenizer=tokenizer, files=files, mesh=mesh, seed=config.data.seed,
-                              train=True, continue_from=continue_from)
+        source = inputs.phases[i] if inputs is not None and inputs.phases else None
+
+        def make_iterator(continue_from=None, phase=phase, source=source):
+            data = make_input(config, phase, tokenizer=tokenizer, files=source.files if source else files, mesh=mesh,
+                              seed=config.data.seed, train=True, continue_from=continue_from,
+                              input_format=source.format if source else None)
+            return inputs.track(data, source) if source else data
 
         phases.append(trainer.Phase(
             name=f"seq{phase['seq_length']}", end_step=end, global_batch_size=phase["batch_size"],
-            make_iterator=make_iterator, tokens_per_sequence=phase["seq_length"],
-            flops_per_sequence=flops_per_sequence(bert, phase["seq_length"], phase["max_predictions"])))
+            make_iterator=make_iterator,
+            # Packed rows carry a varying number of instances: no per-instance token or FLOP count holds.
+            tokens_per_sequence=0 if config.data.packing else phase["seq_length"],
+            flops_per_sequence=0.0 if config.data.packing else flops_per_sequence(bert, phase["seq_length"],
+                                                                                  phase["max_predictions"])))
     return phases
 
 
-def make_evaluate(config, eval_step, *, tokenizer, files, mesh):
-    """state -> mean metrics over the same held-out batches every time; None without held-out data."""
+def make_evaluate(config, eval_step, *, tokenizer, files, mesh, inputs=None):
+    """state -> mean metrics over the same held-out batches every time; None without held-out data.
+    `inputs` as for make_phases (held-out TFRecords must be at the first phase's length)."""
     if config.data.source != "synthetic" and not files:
         return None
     phase = config.phases[0]
+    source = inputs.evaluation if inputs is not None else None
 
     def evaluate(state):
-        batches = make_input(config, phase, tokenizer=tokenizer, files=files, mesh=mesh,
-                             seed=config.data.seed + 1000, train=False)
+        batches = make_input(config, phase, tokenizer=tokenizer, files=source.files if source else files, mesh=mesh,
+                             seed=config.data.seed + 1000, train=False, input_format=source.format if source else None)
+        if source:
+            inputs.track(batches, source)
         totals = []
         for _ in range(config.train.eval_batches):
             local = next(batches)
@@ -599,6 +708,7 @@ def export_model(directory: str, bert: BertConfig, params, tokenizer, step: int)
 # ----------------------------------------------------------------------------------------------------
 
 
+@workdirs.releases_locks
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        hooks: Sequence = (), devices: Optional[Sequence] = None) -> trainer.TrainState:
     """Pretrains per `config` in `workdir`, resuming from its latest checkpoint if there is one.
@@ -607,22 +717,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     mesh to some devices (default: all). Returns the final TrainState.
     """
     config = validate_config(config)
-    workdir = prepare_workdir(workdir)
+    workdir = prepare_run_workdir(config, workdir)
     mesh = sharding.make_mesh(dict(config.mesh), devices)
     check_against_mesh(config, mesh)
     tokenizer, train_files, eval_files = prepare_text(config, workdir)
     bert = model_config(config, tokenizer)
-    if jax.process_index() == 0:
-        paths.write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2) + "\n")
+    # Each phase's files and reader, checked against the phases before anything compiles; prints what was read.
+    inputs = pretrain_input.plan_inputs(config, train_files, eval_files, bert.vocab_size)
 
     objective = PretrainingObjective(bert)
     tx, schedule = _optimizer(config)
+    # Before the Checkpointer, which already cleans up in the workdir: a rejected run changes nothing there.
+    workdirs.check_checkpoint_shapes(workdir, trainer.abstract_train_state(
+        objective, tx, trainer.state_shardings(objective, tx, mesh)), what="model and optimizer")
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=config.train.checkpoint_every,
                                 keep_last=config.train.keep_checkpoints, keep_every=config.train.keep_every,
                                 async_save=config.train.async_checkpoints)
     state, shardings, data_state = _initial_state(config, objective, tx, mesh, checkpointer)
+    # Only now: the run is accepted and its state restored. Paths absolute: finetune may read it from elsewhere.
+    workdirs.write_config(workdir, config, path_keys=(*PATH_KEYS, "data.input_files", "data.eval_input_files"))
 
     writer = MetricsWriter(workdir, config.train.num_steps, tensorboard=config.train.tensorboard)
+    inputs.write_start(writer, int(state.step))
     train_step = trainer.make_train_step(objective, tx, schedule, mesh, shardings, config.train.micro_batches)
     eval_step = trainer.make_eval_step(objective, mesh, shardings)
     model_dir = os.path.join(workdir, "model")
@@ -632,13 +748,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             export_model(model_dir, bert, state.params, tokenizer, step)
 
     try:
-        state = trainer.train(
-            state=state, train_step=train_step, mesh=mesh, checkpointer=checkpointer, writer=writer,
-            phases=make_phases(config, bert, tokenizer=tokenizer, files=train_files, mesh=mesh),
-            data_state=data_state, log_every=config.train.log_every, eval_every=config.train.eval_every,
-            evaluate=make_evaluate(config, eval_step, tokenizer=tokenizer, files=eval_files, mesh=mesh),
-            peak_flops_per_device=peak_flops_per_device(mesh.devices.flat[0], config.train.peak_flops_per_device),
-            hooks=hooks, on_save=on_save)
+        try:
+            state = trainer.train(
+                state=state, train_step=train_step, mesh=mesh, checkpointer=checkpointer, writer=writer,
+                phases=make_phases(config, bert, tokenizer=tokenizer, files=train_files, mesh=mesh, inputs=inputs),
+                data_state=data_state, log_every=config.train.log_every, eval_every=config.train.eval_every,
+                evaluate=make_evaluate(config, eval_step, tokenizer=tokenizer, files=eval_files, mesh=mesh,
+                                       inputs=inputs),
+                peak_flops_per_device=peak_flops_per_device(mesh.devices.flat[0], config.train.peak_flops_per_device),
+                hooks=hooks, on_save=on_save)
+        except trainer.Preempted as stop:
+            inputs.finish(writer, stop.step)  # the reader report also when SIGTERM stops the run
+            raise
+        inputs.finish(writer, int(state.step))
         if int(state.step) == config.train.num_steps and tokenizer is not None:
             params = export_model(model_dir, bert, state.params, tokenizer, int(state.step))
             _show_fill_mask(config, writer, Pretrained(bert.replace(scan_layers=False), params, tokenizer),
@@ -688,15 +810,17 @@ def _announce(message: str) -> None:
 
 def _initial_state(config, objective, tx, mesh, checkpointer):
     """Resume from the workdir's latest checkpoint, else start from init_checkpoint or from scratch."""
-    latest = checkpointer.latest_step()
-    if latest is not None:
+    if checkpointer.latest_step() is not None:
         shardings = trainer.state_shardings(objective, tx, mesh)
-        try:
-            state, data_state = checkpointer.restore(latest, trainer.abstract_train_state(objective, tx, shardings))
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"{checkpointer.directory}/{latest}: cannot restore onto this config's model and "
-                             f"optimizer ({e}); use a new workdir or the config the checkpoint was written with") \
-                from None
+        try:  # the newest checkpoint that restores: damaged ones are moved aside (and reported) on the way
+            restored = checkpointer.restore_latest(trainer.abstract_train_state(objective, tx, shardings))
+        except CheckpointMismatchError as e:
+            raise ValueError(f"{e}: cannot restore onto this config's model and optimizer; use a new workdir or "
+                             f"the config the checkpoint was written with") from None
+        finally:
+            for damaged in checkpointer.set_aside:
+                _announce(f"damaged checkpoint: {damaged}")
+        latest, state, data_state = restored
         _announce(f"resuming from the checkpoint at step {latest} in {checkpointer.directory}")
         return state, shardings, data_state
     params = None

@@ -117,10 +117,22 @@ def prepare(workdir: str, config, *, incompatible: Sequence[str], path_keys: Seq
     return path
 
 
-def write_config(workdir: str, config) -> None:
-    """<workdir>/config.json (process 0), once the run has been accepted."""
-    if jax.process_index() == 0:
-        paths.write_text(os.path.join(workdir, CONFIG_FILE), config.to_json(indent=2) + "\n")
+def write_config(workdir: str, config, path_keys: Sequence[str] = ()) -> None:
+    """<workdir>/config.json (process 0), once the run has been accepted. The `path_keys` (comma-separated
+    paths) are written absolute, so that a command run from another directory (finetune from this workdir)
+    finds the same files."""
+    if jax.process_index() != 0:
+        return
+    written = config.copy_and_resolve_references()
+    with written.unlocked():
+        for key in path_keys:
+            *parents, name = key.split(".")
+            node = written
+            for part in parents:
+                node = node[part]
+            if node[name]:
+                node[name] = ",".join(paths.absolute(p.strip()) for p in node[name].split(","))
+    paths.write_text(os.path.join(workdir, CONFIG_FILE), written.to_json(indent=2) + "\n")
 
 
 def checkpoint_steps(workdir: str) -> list[int]:

@@ -547,8 +547,12 @@ def test_sigterm_then_resume_gives_the_uninterrupted_model(classify_run, tmp_pat
         if step == 10:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    stopped = finetune.train_and_evaluate(config, str(tmp_path / "resumed"), hooks=[stop_at_step_10])
-    assert int(stopped["state"].step) == 10 and stopped["predictions"] == []
+    from bert_jax.trainer import Preempted
+
+    with pytest.raises(Preempted) as stopped:  # saved at step 10; the CLI exits with status 143
+        finetune.train_and_evaluate(config, str(tmp_path / "resumed"), hooks=[stop_at_step_10])
+    assert stopped.value.step == int(stopped.value.state.step) == 10
+    assert not (tmp_path / "resumed" / "predictions").exists()
     assert not (tmp_path / "resumed" / "model").exists()  # no evaluation yet, nothing exported
     resumed = finetune.train_and_evaluate(config, str(tmp_path / "resumed"))
     assert "resuming from the checkpoint at step 10" in capsys.readouterr().out
@@ -669,9 +673,18 @@ def test_losses_match_hugging_face(kind, model_class, extra, make_hf_bert, tmp_p
         labels[:, 0] = -100
         batch["labels"] = labels
     if kind == "span":
-        batch["start_positions"], batch["end_positions"] = rng.integers(0, 16, 6), rng.integers(0, 16, 6)
+        lengths = mask.sum(1)
+        assert lengths.min() < 16  # some windows are padded: the masking is exercised
+        batch["start_positions"], batch["end_positions"] = rng.integers(0, lengths), rng.integers(0, lengths)
     with torch.no_grad():
-        theirs = hf(**{k: torch.tensor(v) for k, v in batch.items()}).loss.item()
+        if kind == "span":
+            # Our span loss is a softmax over each window's real tokens (padding masked, so that length buckets do
+            # not change it): Hugging Face's on each window alone, unpadded, averaged.
+            lengths = mask.sum(1)
+            theirs = np.mean([hf(**{k: torch.tensor(v[i:i + 1, :lengths[i]] if v.ndim == 2 else v[i:i + 1])
+                                    for k, v in batch.items()}).loss.item() for i in range(6)])
+        else:
+            theirs = hf(**{k: torch.tensor(v) for k, v in batch.items()}).loss.item()
     num_labels = {"classification": 3, "tagging": 5}.get(kind, 1)
     objective = finetune.FinetuneObjective(kind, pretrained.config, num_labels, num_choices=3)
     head = "qa_outputs" if kind == "span" else "classifier"
@@ -711,7 +724,7 @@ def test_training_steps_follow_run_classifier(tiny_model):
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("train.num_epoch", 2, "config.train.num_epoch: unknown key; did you mean config.train.num_epochs?"),
+    ("train.num_epoch", 2, "unknown config key 'train.num_epoch' (did you mean 'train.num_epochs'?)"),
     ("init_checkpoint", "", "config.init_checkpoint: missing"),
     ("init_checkpoint", "/nonexistent/model", "config.init_checkpoint='/nonexistent/model': no such directory"),
     ("data.dev", "/nonexistent/dev.tsv", "config.data.dev='/nonexistent/dev.tsv': no such file or folder"),

@@ -187,8 +187,8 @@ def bad_config(change):
 
 
 BAD_CONFIGS = {
-    "unknown key": (lambda c: c.train.__setattr__("num_step", 5), r"config\.train\.num_step: unknown key; did you "
-                                                                  r"mean config\.train\.num_steps\?"),
+    "unknown key": (lambda c: c.train.__setattr__("num_step", 5), r"unknown config key 'train\.num_step' \(did you "
+                                                                  r"mean 'train\.num_steps'\?\)"),
     "vocab vs tokenizer": (lambda c: c.model.__setattr__("vocab_size", 1000),
                            r"config\.model\.vocab_size=1000: smaller than the tokenizer's vocabulary \(30522"),
     "length vs positions": (lambda c: c.__setattr__("phases", (dict(fraction=1.0, seq_length=1024, batch_size=8,

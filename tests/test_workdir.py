@@ -261,3 +261,23 @@ def test_a_harmless_change_resumes_and_is_reported(trained, capsys):
     assert not changed[2].startswith("  ")  # nothing else
     assert "resuming from the checkpoint at step 2" in out and int(state.step) == 4
     assert json.load(open(os.path.join(workdir, "config.json")))["train"]["num_steps"] == 4
+
+
+def test_config_json_holds_absolute_paths_so_another_directory_finds_the_files(tmp_path, monkeypatch):
+    """finetune reads a pretraining workdir's config.json from wherever it runs: a relative vocab_file or input
+    path written as given would name another file there."""
+    from bert_jax import pretrain
+    from bert_jax import workdir as workdirs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    config = pretrain.default_config()
+    config.data.vocab_file = "vocab/vocab.txt"
+    config.data.input_files = "corpus/a.txt, corpus/b*.txt"
+    workdirs.write_config(str(tmp_path / "run"), config, path_keys=("data.vocab_file", "data.input_files",
+                                                                   "data.eval_input_files"))
+    written = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert written["data"]["vocab_file"] == str(tmp_path / "vocab" / "vocab.txt")
+    assert written["data"]["input_files"] == f"{tmp_path}/corpus/a.txt,{tmp_path}/corpus/b*.txt"
+    assert written["data"]["eval_input_files"] == ""
+    assert config.data.vocab_file == "vocab/vocab.txt"  # the run's own config is unchanged
