@@ -36,6 +36,12 @@ text by their content, --config.data.format=text|tfrecord forces it): records ha
 its own, e.g. --config.data.input_files=data/records128 and, in the second phase's dict,
 'input_files': 'data/records512' (an empty or missing input_files reads data.input_files). Each phase's
 seq_length and max_predictions are checked against the first record of every file before anything compiles.
+
+Sequence packing (--config.data.packing=True, off by default; bert_jax/packing.py, SPEC §5) carries each phase's
+batch_size instances in fewer rows of seq_length tokens, up to data.packing_max_instances (4) per row, each
+attending only to itself: a phase of batch 256 at 512 tokens stays 256 instances per step (the learning rate keeps
+its meaning) but runs in the rows the first batch's instances fill plus 15% (at 512 on Wikipedia, where 40% of
+the tokens are real, 8 instances took 5 rows), kept for the phase (data.packing_rows fixes them). The losses equal those of the unpacked instances.
 """
 
 from bert_jax.pretrain import default_config

@@ -206,6 +206,33 @@ def test_tfrecord_batches_are_the_records_with_the_text_pipelines_keys_dtypes_an
     assert batch["input_ids"].shape == (8, 32) and batch["masked_lm_weights"].dtype == np.float32
 
 
+def test_packing_works_on_tfrecords_and_keeps_every_instance(records, small_vocab_file):
+    """data.packing on TFRecords: each step's instances are the unpacked reader's, carried in packed rows."""
+    from bert_jax import packing
+
+    config = pretrain.validate_config(tiny_config(small_vocab_file, records[32], records[64], **{"data.packing": True}))
+    mesh = sharding.make_mesh({"data": -1})
+    files = text_reader.resolve_input_files(str(records[32]))
+    packed = pretrain.make_input(config, config.phases[0], tokenizer=None, files=files, mesh=mesh, seed=0, train=True)
+    assert isinstance(packed, packing.PackedBatches)
+    config.unlock()
+    config.data.packing = False
+    unpacked = pretrain.make_input(config, config.phases[0], tokenizer=None, files=files, mesh=mesh, seed=0,
+                                   train=True)
+    for _ in range(3):
+        rows, instances = next(packed), next(unpacked)
+        assert rows["nsp_weights"].sum() == len(instances["input_ids"]) == 8
+        # The same tokens and masked labels, only rearranged.
+        assert rows["input_mask"].sum() == instances["input_mask"].sum()
+        np.testing.assert_array_equal(np.sort(rows["input_ids"][rows["input_mask"] == 1]),
+                                      np.sort(instances["input_ids"][instances["input_mask"] == 1]))
+        np.testing.assert_array_equal(np.sort(rows["masked_lm_ids"][rows["masked_lm_weights"] > 0]),
+                                      np.sort(instances["masked_lm_ids"][instances["masked_lm_weights"] > 0]))
+        np.testing.assert_array_equal(np.sort(rows["next_sentence_labels"][rows["nsp_weights"] > 0]),
+                                      np.sort(instances["next_sentence_labels"]))
+    assert packed.get_state()["packing_rows"] == rows["input_ids"].shape[0]
+
+
 def test_each_host_reads_a_disjoint_share_of_the_records(records):
     files = shards(records[32])
     every = [r.numpy() for f in files for r in tf.data.TFRecordDataset(f)]
