@@ -442,7 +442,7 @@ def benchmark_task(task: str, args, checkpoint: Path, scratch: Path, has_cache_f
             variants = [("torch", None, True), ("bert_jax cold", cache, True)]  # (name, compilation cache, bucketed)
             if has_cache_flag:
                 variants.append(("bert_jax warm", cache, True))
-            if has_buckets:
+            if has_buckets and not args.no_padded:
                 variants.append(("bert_jax padded", scratch / f"{tag}_cache_padded" if has_cache_flag else None, False))
             for name, cache_dir, bucketed in variants:
                 short = name.split()[-1]
@@ -515,6 +515,7 @@ def parse_args(argv=None):
                         "original BERT AdamW bert_jax runs, for accuracy at --dropout 0 (slower per step)")
     parser.add_argument("--seeds", default="0", help="comma-separated; each seed is one run of every peer")
     parser.add_argument("--rounds", type=int, default=1, help="repetitions of every run, alternating the peers")
+    parser.add_argument("--no_padded", action="store_true", help="leave out the padded run (the old behaviour)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 256 training and 256 dev examples per task")
     parser.add_argument("--json", default="", help="also write every run's figures to this file")
     parser.add_argument("--keep", default="", help="keep the workdirs, caches and logs in this directory")
