@@ -323,15 +323,15 @@ def iter_file_documents(
         stats.skip("files without any document", path)
 
 
-def _lines(path: str, stats: ReadStats, start_offset: int):
-    """(line number, byte offset of the line, byte offset after it, stripped text or None if undecodable)."""
+def numbered_raw_lines(path: str, start_offset: int = 0):
+    """(line number, raw bytes with the line end) of a plain or .gz file, from byte `start_offset`; a truncated or
+    corrupt gzip stream is a ValueError naming the file and the last line read. Line numbers are only exact from
+    the start of the file; after a seek they count from there."""
     with _open_binary(path) as f:
         if start_offset:
             f.seek(start_offset)
-        offset = start_offset
         number = 0
         raws = enumerate(f, start=1)
-        # Line numbers are only exact from the start of the file; after a seek they count from there.
         while True:
             try:
                 number, raw = next(raws)
@@ -339,14 +339,21 @@ def _lines(path: str, stats: ReadStats, start_offset: int):
                 return
             except GZIP_ERRORS as e:
                 raise corrupt_gzip_error(path, number, e) from e
-            line_start, offset = offset, offset + len(raw)
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                stats.skip("non-UTF-8 lines", f"{path}:{number} ({e.reason} at byte {line_start + e.start})")
-                yield number, line_start, offset, None
-                continue
-            yield number, line_start, offset, text.strip()
+            yield number, raw
+
+
+def _lines(path: str, stats: ReadStats, start_offset: int):
+    """(line number, byte offset of the line, byte offset after it, stripped text or None if undecodable)."""
+    offset = start_offset
+    for number, raw in numbered_raw_lines(path, start_offset):
+        line_start, offset = offset, offset + len(raw)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            stats.skip("non-UTF-8 lines", f"{path}:{number} ({e.reason} at byte {line_start + e.start})")
+            yield number, line_start, offset, None
+            continue
+        yield number, line_start, offset, text.strip()
 
 
 def _read_blank_separated(path, fmt, stats, start_offset, splitter):

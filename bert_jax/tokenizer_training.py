@@ -35,7 +35,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import glob
-import gzip
 import heapq
 import itertools
 import json
@@ -44,7 +43,7 @@ import os
 import re
 from typing import Iterable, Iterator
 
-from bert_jax.text_reader import GZIP_ERRORS, corrupt_gzip_error
+from bert_jax.text_reader import numbered_raw_lines
 from bert_jax.tokenizer import (
     CONFIG_FILE,
     CONTINUATION_PREFIX,
@@ -135,24 +134,15 @@ _ESCAPED_BYTES = re.compile("[\udc80-\udcff]")
 
 def _file_lines(path: str, report: InputReport) -> Iterator[str]:
     """The lines of a file (plain or .gz) without their line ends, bytes that are not UTF-8 dropped and counted."""
-    number = 0
-    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
-        raws = enumerate(f, start=1)
-        while True:
-            try:
-                number, raw = next(raws)
-            except StopIteration:
-                return
-            except GZIP_ERRORS as e:
-                raise corrupt_gzip_error(path, number, e) from e
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                line = raw.decode("utf-8", "surrogateescape")
-                bad = len(_ESCAPED_BYTES.findall(line))
-                report.undecodable(f"{path}:{number} (byte {e.start} of the line)", bad)
-                line = _ESCAPED_BYTES.sub("", line)
-            yield line.rstrip("\r\n")
+    for number, raw in numbered_raw_lines(path):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw.decode("utf-8", "surrogateescape")
+            bad = len(_ESCAPED_BYTES.findall(line))
+            report.undecodable(f"{path}:{number} (byte {e.start} of the line)", bad)
+            line = _ESCAPED_BYTES.sub("", line)
+        yield line.rstrip("\r\n")
 
 
 def _is_path_like(item) -> bool:
