@@ -44,7 +44,7 @@ from absl import logging
 
 from bert_jax import length_buckets, optim, paths, sharding, trainer
 from bert_jax import workdir as workdirs
-from bert_jax.checkpoints import CheckpointMismatchError, Checkpointer
+from bert_jax.checkpoints import Checkpointer
 from bert_jax.heads import (BertForMultipleChoice, BertForQuestionAnswering, BertForSequenceClassification,
                             BertForTokenClassification)
 from bert_jax.model import BertConfig, Dense
@@ -922,19 +922,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, devices: Optional[S
 def _initial_state(config, objective, tx, mesh, checkpointer, encoder, source):
     """Resume from the workdir's latest checkpoint; else a fresh state (new head, fresh optimizer) whose encoder
     is replaced by the checkpoint's."""
-    shardings = trainer.state_shardings(objective, tx, mesh)
-    if checkpointer.latest_step() is not None:
-        try:  # the newest checkpoint that restores: damaged ones are moved aside (and reported) on the way
-            restored = checkpointer.restore_latest(trainer.abstract_train_state(objective, tx, shardings))
-        except CheckpointMismatchError as e:
-            raise ValueError(f"{e}: cannot restore onto this config's task and model; use a new workdir or the "
-                             f"config the checkpoint was written with") from None
-        finally:
-            for damaged in checkpointer.set_aside:
-                _announce(f"damaged checkpoint: {damaged}")
-        latest, state, data_state = restored
-        _announce(f"resuming from the checkpoint at step {latest} in {checkpointer.directory}")
-        return state, shardings, data_state
+    resumed = trainer.resume(objective, tx, mesh, checkpointer, _announce, what="task and model")
+    if resumed is not None:
+        return resumed
     expected = jax.eval_shape(lambda: nn.meta.unbox(objective.init_params(jax.random.PRNGKey(0))))["bert"]
     trainer.check_same_shapes(expected, encoder, what=f"config.init_checkpoint={config.init_checkpoint!r} encoder")
     params = {"bert": encoder, **objective.init_head(jax.random.PRNGKey(config.train.seed))}

@@ -31,7 +31,7 @@ from absl import logging
 
 from bert_jax import optim, paths, pretrain_input, sharding, trainer
 from bert_jax import workdir as workdirs
-from bert_jax.checkpoints import CheckpointMismatchError, Checkpointer
+from bert_jax.checkpoints import Checkpointer
 from bert_jax.model import SIZES, BertConfig, BertForPreTraining, dummy_inputs
 from bert_jax.pretrained import Pretrained
 from bert_jax.train_metrics import MetricsWriter, flops_per_sequence, peak_flops_per_device
@@ -810,19 +810,9 @@ def _announce(message: str) -> None:
 
 def _initial_state(config, objective, tx, mesh, checkpointer):
     """Resume from the workdir's latest checkpoint, else start from init_checkpoint or from scratch."""
-    if checkpointer.latest_step() is not None:
-        shardings = trainer.state_shardings(objective, tx, mesh)
-        try:  # the newest checkpoint that restores: damaged ones are moved aside (and reported) on the way
-            restored = checkpointer.restore_latest(trainer.abstract_train_state(objective, tx, shardings))
-        except CheckpointMismatchError as e:
-            raise ValueError(f"{e}: cannot restore onto this config's model and optimizer; use a new workdir or "
-                             f"the config the checkpoint was written with") from None
-        finally:
-            for damaged in checkpointer.set_aside:
-                _announce(f"damaged checkpoint: {damaged}")
-        latest, state, data_state = restored
-        _announce(f"resuming from the checkpoint at step {latest} in {checkpointer.directory}")
-        return state, shardings, data_state
+    resumed = trainer.resume(objective, tx, mesh, checkpointer, _announce, what="model and optimizer")
+    if resumed is not None:
+        return resumed
     params = None
     if config.train.init_checkpoint:
         from bert_jax.pretrained import load_pretrained

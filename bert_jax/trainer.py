@@ -32,7 +32,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from bert_jax import optim, sharding
-from bert_jax.checkpoints import Checkpointer
+from bert_jax.checkpoints import CheckpointMismatchError, Checkpointer
 from bert_jax.train_metrics import MetricsWriter
 
 # ----------------------------------------------------------------------------------------------------
@@ -137,6 +137,26 @@ def create_train_state(objective: Objective, optimizer: optax.GradientTransforma
         placed = jax.device_put(params, shardings.params)
         state = jax.jit(init, in_shardings=(shardings.params,), out_shardings=shardings, donate_argnums=0)(placed)
     return state, shardings
+
+
+def resume(objective: Objective, optimizer: optax.GradientTransformation, mesh, checkpointer: Checkpointer,
+           announce: Callable[[str], None], what: str) -> Optional[tuple[TrainState, TrainState, Optional[dict]]]:
+    """(state, shardings, input state) of the newest checkpoint that restores onto this objective and optimizer,
+    or None when the checkpointer has none. Damaged checkpoints are moved aside on the way and announced; one that
+    does not fit (`what`: what it must fit, e.g. "model and optimizer") is a ValueError saying so."""
+    if checkpointer.latest_step() is None:
+        return None
+    shardings = state_shardings(objective, optimizer, mesh)
+    try:
+        latest, state, data_state = checkpointer.restore_latest(abstract_train_state(objective, optimizer, shardings))
+    except CheckpointMismatchError as e:
+        raise ValueError(f"{e}: cannot restore onto this config's {what}; use a new workdir or the config the "
+                         f"checkpoint was written with") from None
+    finally:
+        for damaged in checkpointer.set_aside:
+            announce(f"damaged checkpoint: {damaged}")
+    announce(f"resuming from the checkpoint at step {latest} in {checkpointer.directory}")
+    return state, shardings, data_state
 
 
 def check_same_shapes(expected: Any, given: Any, what: str = "initial parameters") -> None:
