@@ -129,7 +129,7 @@ def torch_finetune(config, hf_directory: Path, threads: int) -> dict:
     import torch
     import transformers
 
-    from bert_jax import finetune, optim
+    from bert_jax import finetune, finetune_data, heads, optim
     from bert_jax.pretrained import load_pretrained
     from bert_jax.tasks import get_task
 
@@ -137,12 +137,12 @@ def torch_finetune(config, hf_directory: Path, threads: int) -> dict:
     torch.manual_seed(config.train.seed)
     config = finetune.validate_config(config)
     tokenizer = load_pretrained(config.init_checkpoint).tokenizer
-    task, train, dev, _ = finetune.load_data(config, get_task(config.task.name), tokenizer)
+    task, train, dev, _ = finetune_data.load_data(config, get_task(config.task.name), tokenizer)
     model = transformers.BertForSequenceClassification.from_pretrained(
         hf_directory, num_labels=task.num_labels, hidden_dropout_prob=config.model.hidden_dropout_rate,
         attention_probs_dropout_prob=config.model.attention_dropout_rate, classifier_dropout=None)
-    head = finetune.FinetuneObjective(task.kind, load_pretrained(config.init_checkpoint).config,
-                                      task.num_labels).init_head(jax.random.PRNGKey(config.train.seed))["classifier"]
+    head = heads.FinetuneObjective(task.kind, load_pretrained(config.init_checkpoint).config,
+                                   task.num_labels).init_head(jax.random.PRNGKey(config.train.seed))["classifier"]
     with torch.no_grad():  # the very head bert_jax starts from
         model.classifier.weight.copy_(torch.tensor(np.asarray(head["kernel"]).T))
         model.classifier.bias.copy_(torch.tensor(np.asarray(head["bias"])))
@@ -152,7 +152,7 @@ def torch_finetune(config, hf_directory: Path, threads: int) -> dict:
     schedule = optim.bert_learning_rate(config.optimizer.learning_rate, warmup, total)
     rates = [float(schedule(step)) for step in range(total)]
     tx = bert_adamw(torch)(model.named_parameters(), rates.__getitem__, weight_decay=config.optimizer.weight_decay)
-    batches = finetune.TrainBatches(train.features, (*finetune.INPUT_KEYS, "labels"), config.train.batch_size,
+    batches = finetune.TrainBatches(train.features, (*heads.INPUT_KEYS, "labels"), config.train.batch_size,
                                     config.train.seed)
     eval_every = min(config.train.eval_every or per_epoch, total)
 
@@ -162,7 +162,7 @@ def torch_finetune(config, hf_directory: Path, threads: int) -> dict:
         with torch.no_grad():
             for start in range(0, len(dev[0]), 64):
                 rows = {k: torch.tensor(dev[0].features[k][start:start + 64], dtype=torch.long)
-                        for k in finetune.INPUT_KEYS}
+                        for k in heads.INPUT_KEYS}
                 logits.append(model(**rows).logits.numpy())
         model.train()
         predictions = task.decode({"logits": np.concatenate(logits)}, dev[0].features, dev[0].examples)

@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
+from bert_jax.heads import KINDS
 from bert_jax.model import BertConfig
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def config_to_hf(config: BertConfig) -> dict:
 
 # What a checkpoint may hold. encoder = embeddings + layers; the rest are optional.
 PARTS = ("encoder", "pooler", "mlm", "nsp", "classifier", "qa_outputs")
-FINETUNING_HEADS = ("classifier", "qa_outputs")
+FINETUNING_HEADS = tuple(dict.fromkeys(kind.head for kind in KINDS.values()))  # classifier, qa_outputs
 # Parts BertForPreTraining needs; missing ones are initialised fresh.
 PRETRAINING_PARTS = ("encoder", "pooler", "mlm", "nsp")
 
@@ -530,14 +531,8 @@ def hf_state_dict_from_params(params: Mapping, config: BertConfig, tied: bool = 
     return out
 
 
-# Hugging Face class for each fine-tuning task (the manifest's `task`).
-HF_ARCHITECTURES = {
-    "sequence_classification": "BertForSequenceClassification",
-    "regression": "BertForSequenceClassification",
-    "token_classification": "BertForTokenClassification",
-    "multiple_choice": "BertForMultipleChoice",
-    "question_answering": "BertForQuestionAnswering",
-}
+# Hugging Face class for each fine-tuning task (the manifest's `task`): bert_jax/heads.py KINDS.
+HF_ARCHITECTURES = {kind.hf_task: kind.hf_class for kind in KINDS.values()}
 
 
 def hf_architecture(parts: Iterable[str], task: Optional[str] = None) -> str:

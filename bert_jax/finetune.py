@@ -1,13 +1,15 @@
-"""Fine-tuning BERT on a downstream task: `train_and_evaluate(config, workdir)` and `predict(...)`.
+"""Fine-tuning BERT on a downstream task: `train_and_evaluate(config, workdir)`.
 
     python -m bert_jax finetune --config configs/glue.py:sst2 --workdir DIR --config.init_checkpoint=MODEL_DIR \
         --config.data.source=../shared/data/glue/SST-2
-    python -m bert_jax predict --checkpoint DIR/model --task sst2 --input test.tsv --output SST-2.tsv
 
 Every task of bert_jax.tasks (GLUE, SQuAD v1.1/v2.0, CoNLL-2003, SWAG, your own CSV/TSV/JSONL) runs through the
-same code; the task object says how to read, featurize, decode and score, and its `kind` picks the head and the
-loss. The training loop is the one pretraining uses (bert_jax/trainer.py): sharded state, Orbax checkpoints,
-SIGTERM, resume. The run, top to bottom (the banner sections below follow it):
+same code; the task object says how to read, featurize, decode and score, and its `kind` picks the head, the loss
+and the outputs from the table bert_jax/heads.py KINDS (nothing here branches on the kind). The splits are read
+and featurized by bert_jax/finetune_data.py; the model runs over them, and its predictions are written, by
+bert_jax/predict.py (also the `predict` command). The training loop is the one pretraining uses
+(bert_jax/trainer.py): sharded state, Orbax checkpoints, SIGTERM, resume. The run, top to bottom (the banner
+sections below follow it):
 
   1. the config is validated once, before anything is read or compiled (unknown keys, a missing
      init_checkpoint, bad values: a ValueError naming the key);
@@ -31,13 +33,11 @@ import difflib
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -45,22 +45,13 @@ from absl import logging
 from bert_jax import length_buckets, optim, paths, sharding, trainer
 from bert_jax import workdir as workdirs
 from bert_jax.checkpoints import Checkpointer
-from bert_jax.heads import (BertForMultipleChoice, BertForQuestionAnswering, BertForSequenceClassification,
-                            BertForTokenClassification)
-from bert_jax.model import BertConfig, Dense
+from bert_jax.finetune_data import Split, is_tfds, load_data, split_paths
+from bert_jax.heads import INPUT_KEYS, KINDS, FinetuneObjective
+from bert_jax.model import BertConfig
+from bert_jax.predict import FINETUNE_FILE, evaluate_splits, make_forward, run_model, write_into_directory
+from bert_jax.tasks import TASK_SETTINGS, task_options
 from bert_jax.tokenizer import TRUNCATION
 from bert_jax.train_metrics import MetricsWriter, peak_flops_per_device
-
-# The model inputs of every kind; the rest of a task's features (example_index, char spans, ...) are for decoding.
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-TARGET_KEYS = {"classification": ("labels",), "regression": ("labels",), "tagging": ("labels",),
-               "multiple_choice": ("labels",), "span": ("start_positions", "end_positions")}
-# The manifest's task (bert_jax/convert.py HF_ARCHITECTURES), so that export-hf picks the right class.
-HF_TASK = {"classification": "sequence_classification", "regression": "regression",
-           "tagging": "token_classification", "span": "question_answering", "multiple_choice": "multiple_choice"}
-FINETUNE_FILE = "finetune.json"  # in a fine-tuned model directory: the task, its options and featurization
-TASK_OPTION_KEYS = {"classify": ("text_column", "text_pair_column", "label_column", "labels", "kind"),
-                    "swag": ("num_choices",)}
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Config: every key, its default (the BERT fine-tuning recipe), and validation
@@ -220,13 +211,13 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     if not merged.task.name:
         bad("task.name", f"name the task: one of {', '.join(TASK_NAMES)}")
     try:
-        family = get_task(merged.task.name, **_task_options(merged)).name
+        family = get_task(merged.task.name, **task_options(merged.task.name, merged.task)).name
     except (ValueError, TypeError) as e:
         raise ValueError(f"config.task: {e}") from None
     base = default_config().task
     for key in ("text_column", "text_pair_column", "label_column", "labels", "kind", "num_choices"):
-        if merged.task[key] != base[key] and key not in TASK_OPTION_KEYS.get(family, ()):
-            bad(f"task.{key}", f"only the {' / '.join(t for t, keys in TASK_OPTION_KEYS.items() if key in keys)} "
+        if merged.task[key] != base[key] and key not in TASK_SETTINGS.get(family, ()):
+            bad(f"task.{key}", f"only the {' / '.join(t for t, keys in TASK_SETTINGS.items() if key in keys)} "
                                f"task takes this option, not {family!r}")
     # -- the checkpoint --
     if not merged.init_checkpoint:
@@ -239,8 +230,8 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     if not (d.train or d.source):
         bad("data.train", "no training data: set config.data.source (a folder or 'tfds') or config.data.train")
     for key in ("data.source", "data.train", "data.dev", "data.test"):
-        for path in _split_paths(_get(merged, key)):
-            if not _is_tfds(path) and not os.path.exists(path):
+        for path in split_paths(_get(merged, key)):
+            if not is_tfds(path) and not os.path.exists(path):
                 raise FileNotFoundError(f"config.{key}={_get(merged, key)!r}: no such file or folder: {path}")
     if d.max_seq_length < 4:
         bad("data.max_seq_length", "must be at least 4")
@@ -309,131 +300,10 @@ def check_against_mesh(config, mesh) -> None:
                          "data-parallel devices")
 
 
-def _task_options(config) -> dict:
-    """The get_task options this config's task takes (classify's columns and labels, swag's choices)."""
-    t = config.task
-    name = t.name.lower()
-    if name == "classify":
-        return dict(text_column=t.text_column, text_pair_column=t.text_pair_column or None,
-                    label_column=t.label_column or None, labels=list(t.labels) or None, kind=t.kind)
-    if name == "swag":
-        return dict(num_choices=t.num_choices)
-    return {}
-
-
-def _split_paths(value: str) -> list:
-    return [p.strip() for p in value.split(",") if p.strip()] if value else []
-
-
-def _is_tfds(source: str) -> bool:
-    return source == "tfds" or source.startswith("tfds:")
-
-
 def _announce(message: str) -> None:
     logging.info(message)
     if jax.process_index() == 0:
         print(message, flush=True)
-
-
-# ----------------------------------------------------------------------------------------------------
-# 2. The task and its data
-# ----------------------------------------------------------------------------------------------------
-
-
-class Split:
-    """One split's examples and features (what the model reads, plus what decoding needs)."""
-
-    def __init__(self, name: str, examples: list, features: dict):
-        self.name, self.examples, self.features = name, examples, features
-
-    @property
-    def labeled(self) -> bool:
-        """Whether the split can be scored: gold labels, or (SQuAD) gold answers or the mark 'unanswerable'."""
-        if self.examples and hasattr(self.examples[0], "answers"):
-            return all(e.answers or e.is_impossible for e in self.examples)
-        return "labels" in self.features
-
-    def __len__(self):
-        return len(self.features["input_ids"])
-
-
-def read_split(task, split: str, source: str, *, strict: bool, tfds_data_dir: str = "", limit: int = 0):
-    """The examples of one split, with the reader's report printed (every skipped row, never a silent loss)."""
-    examples, report = task.read(split, source, strict=strict, tfds_data_dir=tfds_data_dir or None)
-    _announce(f"[{split}] {report.summary()}")
-    if limit and len(examples) > limit:
-        _announce(f"[{split}] using the first {limit} of {len(examples)} examples (config.data.max_*_examples)")
-        examples = examples[:limit]
-    if not examples:
-        raise ValueError(f"{report.source}: no usable {split} examples")
-    return examples
-
-
-def featurize(task, examples, tokenizer, data) -> dict:
-    """The task's features with the config's (or a model directory's) featurization options: each family takes
-    its own (tasks.Task.featurize rejects any other)."""
-    if task.kind == "span":
-        options = {"doc_stride": data["doc_stride"], "max_query_length": data["max_query_length"]}
-    elif task.kind == "tagging":  # one sequence per example (windows): no pair to truncate
-        options = {}
-    else:  # directories written before the option existed were trained with Hugging Face's truncation
-        options = {"truncation": data.get("truncation", "longest_first")}
-    return task.featurize(examples, tokenizer, max_seq_length=data["max_seq_length"], **options)
-
-
-def decode(task, outputs, split: Split, decode_options: Mapping):
-    if task.kind == "span":
-        return task.decode(outputs, split.features, split.examples, **dict(decode_options))
-    return task.decode(outputs, split.features, split.examples)
-
-
-def _sources(config, key: str, splits: Sequence[str]) -> list:
-    """(split name, source) pairs for config.data.<key>, falling back to config.data.source.
-
-    A folder or tfds serves every split; comma-separated files are taken in the order of `splits` (MNLI's matched
-    and mismatched dev sets)."""
-    paths = _split_paths(config.data[key])
-    if not paths:
-        return [(s, config.data.source) for s in splits] if config.data.source else []
-    if len(paths) == 1:
-        if _is_tfds(paths[0]) or os.path.isdir(paths[0]):
-            return [(s, paths[0]) for s in splits]
-        return [(splits[0], paths[0])]
-    if len(paths) > len(splits):
-        raise ValueError(f"config.data.{key}: {len(paths)} files for the {len(splits)} splits {list(splits)}")
-    return list(zip(splits, paths))
-
-
-def load_data(config, task, tokenizer) -> tuple[Any, Split, list, list]:
-    """(task with its labels settled, train split, dev splits, test splits), featurized."""
-    d = config.data
-    options = dict(strict=d.strict, tfds_data_dir=d.tfds_data_dir)
-    (_, train_source), = _sources(config, "train", ["train"])
-    train_examples = read_split(task, "train", train_source, limit=d.max_train_examples, **options)
-    if hasattr(task, "with_labels_from") and not task.labels:
-        task = task.with_labels_from(train_examples)
-        _announce(f"labels inferred from the training examples: {list(task.labels)}")
-    train = Split("train", train_examples, featurize(task, train_examples, tokenizer, d))
-    if not all(k in train.features for k in TARGET_KEYS[task.kind]):
-        raise ValueError(f"{train_source}: the training examples have no labels")
-    dev = []
-    for s, src in _sources(config, "dev", task.eval_splits):
-        examples = read_split(task, s, src, limit=d.max_eval_examples, **options)
-        dev.append(Split(s, examples, featurize(task, examples, tokenizer, d)))
-    test = []
-    if config.train.predict_test:
-        explicit = bool(d.test)
-        for s, src in _sources(config, "test", task.test_splits):
-            try:
-                examples = read_split(task, s, src, **options)
-            except (FileNotFoundError, ValueError) as e:
-                # Test files are optional in a task folder, and TFDS has no test split for some tasks (SQuAD).
-                if explicit or not (isinstance(e, FileNotFoundError) or _is_tfds(src)):
-                    raise
-                _announce(f"[{s}] no test predictions: {e}")
-                continue
-            test.append(Split(s, examples, featurize(task, examples, tokenizer, d)))
-    return task, train, dev, test
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -527,115 +397,14 @@ def _load_pretraining_workdir(path: str, step: int, overrides: dict, mesh):
 
 
 # ----------------------------------------------------------------------------------------------------
-# 4. The objective (losses per kind) and the training batches
+# 4. The training batches (length buckets)
 # ----------------------------------------------------------------------------------------------------
-
-
-def head_model(kind: str, bert: BertConfig, num_labels: int) -> nn.Module:
-    """The Flax model of a task kind: the encoder under 'bert' plus the kind's head (bert_jax/heads.py)."""
-    if kind in ("classification", "regression"):
-        return BertForSequenceClassification(bert, num_labels=num_labels)
-    if kind == "tagging":
-        return BertForTokenClassification(bert, num_labels=num_labels)
-    if kind == "span":
-        return BertForQuestionAnswering(bert)
-    if kind == "multiple_choice":
-        return BertForMultipleChoice(bert)
-    raise ValueError(f"unknown task kind {kind!r}")
-
-
-class FinetuneObjective:
-    """The loss of a task kind (a trainer.Objective); sums are divided by whole-batch counts (`normalizers`), so
-    micro-batches add up exactly.
-
-        classification, multiple choice   mean cross-entropy over examples
-        regression                        mean squared error
-        tagging                           cross-entropy summed over labeled word pieces / their count (-100 ignored)
-        span                              (start CE + end CE) / 2 over the real tokens, averaged over windows
-    """
-
-    IGNORE = -100
-
-    def __init__(self, kind: str, bert: BertConfig, num_labels: int, num_choices: int = 4):
-        self.kind, self.config, self.num_labels, self.num_choices = kind, bert, num_labels, num_choices
-        self.model = head_model(kind, bert, num_labels)
-
-    def dummy_inputs(self):
-        shape = (1, self.num_choices, 8) if self.kind == "multiple_choice" else (1, 8)
-        ones = jnp.ones(shape, jnp.int32)
-        return ones, ones, jnp.zeros(shape, jnp.int32)
-
-    def init_params(self, rng):
-        return self.model.init(rng, *self.dummy_inputs(), deterministic=True)["params"]
-
-    def init_head(self, rng) -> dict:
-        """Fresh head parameters alone (host arrays): the heads' output layer (bert_jax/heads.py: `classifier`, or
-        `qa_outputs` for spans) initialised on its own, instead of initialising a whole encoder only to discard it.
-        create_train_state checks the assembled tree against the full model's."""
-        name, width = ("qa_outputs", 2) if self.kind == "span" else ("classifier", self.num_labels)
-        layer = Dense(width, ("embed", None), self.config)
-        hidden = jnp.zeros((1, self.config.hidden_size), jnp.float32)  # [B, H] stand-in activations
-        return {name: jax.device_get(nn.meta.unbox(layer.init(rng, hidden)["params"]))}
-
-    def apply(self, params, batch, rng=None, train: bool = False):
-        return self.model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                                batch["token_type_ids"], deterministic=not train,
-                                rngs={"dropout": rng} if train else {})
-
-    def normalizers(self, batch):
-        count = jnp.float32(batch["input_ids"].shape[0])
-        if self.kind == "tagging":
-            tokens = jnp.maximum((batch["labels"] != self.IGNORE).sum(), 1).astype(jnp.float32)
-            return {"count": count, "tokens": tokens}
-        return {"count": count}
-
-    def loss(self, params, batch, rng, normalizers, train: bool):
-        out = self.apply(params, batch, rng, train)
-        if self.kind == "span":
-            # Softmax over the window's real tokens only: the original also spreads probability over padding, which
-            # makes the loss depend on how far a window is padded (max_seq_length, or a length bucket).
-            real = batch["attention_mask"] != 0  # [B, T]
-            out = tuple(jnp.where(real, logits.astype(jnp.float32), SPAN_PADDING_LOGIT) for logits in out)
-            start_ce = _cross_entropy(out[0], batch["start_positions"])  # [B]
-            end_ce = _cross_entropy(out[1], batch["end_positions"])
-            loss = jnp.sum(start_ce + end_ce) / 2 / normalizers["count"]
-            hits = ((jnp.argmax(out[0], -1) == batch["start_positions"])
-                    & (jnp.argmax(out[1], -1) == batch["end_positions"]))
-            return loss, {"span_accuracy": jnp.sum(hits) / normalizers["count"]}
-        if self.kind == "regression":
-            errors = out[:, 0] - batch["labels"].astype(jnp.float32)  # [B, 1] -> [B]
-            return jnp.sum(errors ** 2) / normalizers["count"], {}
-        labels = batch["labels"].astype(jnp.int32)
-        if self.kind == "tagging":
-            kept = labels != self.IGNORE  # [B, T]
-            safe = jnp.where(kept, labels, 0)
-            ce = _cross_entropy(out, safe)  # [B, T]
-            correct = (jnp.argmax(out, -1) == safe) & kept
-            return (jnp.sum(jnp.where(kept, ce, 0.0)) / normalizers["tokens"],
-                    {"accuracy": jnp.sum(correct) / normalizers["tokens"]})
-        ce = _cross_entropy(out, labels)  # classification [B, L] or multiple choice [B, C] -> [B]
-        accuracy = jnp.sum(jnp.argmax(out, -1) == labels) / normalizers["count"]
-        return jnp.sum(ce) / normalizers["count"], {"accuracy": accuracy}
-
-
-SPAN_PADDING_LOGIT = -1e9  # finite: a window's softmax over its real tokens never sees inf - inf
-
-
-def _cross_entropy(logits, labels):
-    """-log softmax(logits)[label] over the last axis; logits [..., K], labels [...] -> [...]."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-    return -jnp.take_along_axis(logp, labels.astype(jnp.int32)[..., None], axis=-1)[..., 0]
 
 
 def buckets_of(config) -> Optional[tuple[int, ...]]:
     """The bucket lengths batches are padded to, or None when config.data.length_buckets is off."""
     d = config.data
     return length_buckets.resolve_buckets(d.bucket_lengths, d.max_seq_length) if d.length_buckets else None
-
-
-def sequence_keys(kind: str) -> tuple[str, ...]:
-    """The features with a token axis (last), which a length bucket cuts: the inputs, and tagging's labels."""
-    return (*INPUT_KEYS, "labels") if kind == "tagging" else INPUT_KEYS
 
 
 class TrainBatches:
@@ -711,95 +480,6 @@ def training_steps(config, num_features: int) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# 5. Running the model over a split: evaluation and predictions
-# ----------------------------------------------------------------------------------------------------
-
-
-def make_forward(objective: FinetuneObjective, mesh, param_shardings) -> Any:
-    """(params, global batch) -> the outputs `task.decode` reads, replicated; no dropout."""
-
-    def forward(params, batch):
-        out = objective.apply(params, batch)
-        if objective.kind == "span":
-            return {"start_logits": out[0], "end_logits": out[1]}
-        return {"logits": out}
-
-    jitted = jax.jit(forward, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-                     out_shardings=sharding.replicated(mesh))
-    return sharding.with_mesh(jitted, mesh)
-
-
-def run_model(forward, params, features: Mapping[str, np.ndarray], batch_size: int, mesh,
-              buckets: Optional[Sequence[int]] = None, per_token: Sequence[str] = ()) -> dict:
-    """The model's outputs for every feature row, in fixed-size batches; the last batch is padded with filler rows
-    that attend to their first position only, and their outputs are dropped.
-
-    Without `buckets`, every batch is max_seq_length long (one compilation). With them, the rows are batched in
-    order of length and each batch is cut to its bucket (one compilation per bucket); the outputs come back in the
-    rows' order, and the `per_token` outputs ([B, T, ...]) are padded back to max_seq_length with PADDING_LOGIT.
-    """
-    n, max_len = features["input_ids"].shape[0], features["input_ids"].shape[-1]
-    if buckets is None:
-        plan = [(np.arange(start, min(start + batch_size, n)), max_len) for start in range(0, n, batch_size)]
-    else:
-        plan = length_buckets.batches_by_length(length_buckets.example_lengths(features["attention_mask"]),
-                                                batch_size, buckets)
-    rows = sharding.process_rows(mesh, batch_size)
-    pending = []
-    for chosen, length in plan:
-        real = len(chosen)
-        batch = {}
-        for key in INPUT_KEYS:
-            part = features[key][chosen][..., :length]
-            padded = np.zeros((batch_size, *part.shape[1:]), np.int32)
-            padded[:real] = part
-            batch[key] = padded
-        batch["attention_mask"][real:, ..., 0] = 1
-        out = forward(params, sharding.global_batch({k: v[rows] for k, v in batch.items()}, mesh, batch_size))
-        pending.append((real, out))
-    fetched = jax.device_get([out for _, out in pending])
-    if not fetched:
-        return {}
-    outputs = {}
-    for key in fetched[0]:
-        parts = []
-        for (real, _), out in zip(pending, fetched):
-            part = np.asarray(out[key])[:real]
-            if key in per_token and part.shape[1] < max_len:
-                width = [(0, 0)] * part.ndim
-                width[1] = (0, max_len - part.shape[1])
-                part = np.pad(part, width, constant_values=length_buckets.PADDING_LOGIT)
-            parts.append(part)
-        gathered = np.concatenate(parts)
-        order = np.concatenate([chosen for chosen, _ in plan])
-        outputs[key] = np.empty_like(gathered)
-        outputs[key][order] = gathered
-    return outputs
-
-
-def per_token_outputs(kind: str) -> tuple[str, ...]:
-    """The outputs of make_forward with a token axis (axis 1)."""
-    return {"tagging": ("logits",), "span": ("start_logits", "end_logits")}.get(kind, ())
-
-
-def evaluate_splits(task, splits: Sequence[Split], outputs_of, decode_options,
-                    decoded: Optional[Mapping[str, Any]] = None) -> tuple[dict, dict]:
-    """({metric: value}, {split: predictions}); with several dev splits (MNLI) the metrics of all but the first
-    are prefixed with the split name, and the first split's metrics pick the best checkpoint. `decoded` holds
-    splits' predictions already made by the same parameters (not run again)."""
-    metrics, predictions = {}, {}
-    for i, split in enumerate(splits):
-        predicted = (decoded[split.name] if decoded and split.name in decoded
-                     else decode(task, outputs_of(split), split, decode_options))
-        predictions[split.name] = predicted
-        if split.labeled:
-            values = task.evaluate(predicted, split.examples)
-            prefix = "" if i == 0 else f"{split.name}_"
-            metrics.update({f"{prefix}{k}": float(v) for k, v in values.items()})
-    return metrics, predictions
-
-
-# ----------------------------------------------------------------------------------------------------
 # 6. Export: the fine-tuned model directory
 # ----------------------------------------------------------------------------------------------------
 
@@ -813,7 +493,7 @@ def _sync(name: str) -> None:
 
 def finetune_record(config, task, step: int, metrics: Mapping) -> dict:
     """finetune.json: what `predict` needs to rebuild the task and its features from a model directory."""
-    options = {k: v for k, v in _task_options(config).items() if v is not None}
+    options = task_options(config.task.name, config.task)
     if "labels" in options or task.name == "classify":
         options["labels"] = list(task.labels)
     return {"task": task.name, "task_options": options, "kind": task.kind, "labels": list(task.labels),
@@ -834,8 +514,8 @@ def export_model(directory: str, bert: BertConfig, params, tokenizer, task, reco
     if jax.process_index() == 0 and paths.exists(staging):
         paths.rmtree(staging)
     _sync("finetune export staging")
-    labels = list(task.labels) if task.kind in ("classification", "tagging") else None
-    save_pretrained(staging, bert, params, tokenizer, task=HF_TASK[task.kind], labels=labels, fresh=[],
+    labels = list(task.labels) if KINDS[task.kind].class_labels else None
+    save_pretrained(staging, bert, params, tokenizer, task=KINDS[task.kind].hf_task, labels=labels, fresh=[],
                     source={"format": "bert_jax", "finetuned_from": record["init_checkpoint"],
                             "task": task.name, "step": record["step"]})
     if jax.process_index() == 0:
@@ -894,10 +574,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, devices: Optional[S
     mesh = sharding.make_mesh(dict(config.mesh), devices)
     check_against_mesh(config, mesh)
     bert, encoder, tokenizer, source = load_encoder(config, mesh)
-    task = get_task(config.task.name, **_task_options(config))
+    task = get_task(config.task.name, **task_options(config.task.name, config.task))
     task, train, dev, test = load_data(config, task, tokenizer)
 
-    objective = FinetuneObjective(task.kind, bert, task.num_labels, getattr(task, "num_choices", 4))
+    objective = FinetuneObjective.for_task(task, bert)
     total_steps, steps_per_epoch = training_steps(config, len(train))
     tx, schedule = _optimizer(config, total_steps)
     eval_every = min(config.train.eval_every or steps_per_epoch, total_steps)
@@ -944,6 +624,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
     started = time.time()
     setup = prepare(config, workdir, devices)
     config, workdir, mesh, task = setup.config, setup.workdir, setup.mesh, setup.task
+    kind = KINDS[task.kind]
     model_dir = os.path.join(workdir, "model")
     best_file = os.path.join(workdir, "best.json")
     best = _read_json(best_file) if paths.exists(best_file) else None
@@ -951,7 +632,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
 
     def outputs_for(params):
         return lambda split: run_model(forward, params, split.features, config.train.eval_batch_size, mesh,
-                                       buckets_of(config), per_token_outputs(task.kind))
+                                       buckets_of(config), kind.per_token)
 
     def keep(state, metrics: dict) -> None:
         nonlocal best
@@ -975,12 +656,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
             _announce(f"  new best {task.best_metric}={score:.4f} at step {best['step']}: exported to {model_dir}")
         return metrics
 
-    train_keys = (*INPUT_KEYS, *TARGET_KEYS[task.kind])
+    train_keys = (*INPUT_KEYS, *kind.targets)
     rows = sharding.process_rows(mesh, config.train.batch_size)
     phase = trainer.Phase(
         name="finetune", end_step=setup.total_steps, global_batch_size=config.train.batch_size,
         make_iterator=lambda _: TrainBatches(setup.train.features, train_keys, config.train.batch_size,
-                                             config.train.seed, rows, buckets_of(config), sequence_keys(task.kind)),
+                                             config.train.seed, rows, buckets_of(config), kind.sequence_keys),
         tokens_per_sequence=0 if config.data.length_buckets else config.data.max_seq_length)
     _announce(f"{task.name}: {len(setup.train)} training features, {setup.total_steps} steps of "
               f"{config.train.batch_size} ({setup.steps_per_epoch} per epoch), evaluation every {setup.eval_every} "
@@ -1044,103 +725,3 @@ def _read_json(path: str):
 
 def _write_json(path: str, content) -> None:
     paths.write_text(path, json.dumps(content, indent=2) + "\n")
-
-
-# ----------------------------------------------------------------------------------------------------
-# 8. predict: a fine-tuned model directory on new input files
-# ----------------------------------------------------------------------------------------------------
-
-
-def predict(checkpoint: str, input_path: str, output: str, *, task_name: Optional[str] = None,
-            split: str = "test", batch_size: int = 64, strict: bool = False, bucketed: bool = True,
-            devices: Optional[Sequence] = None) -> dict:
-    """Runs a fine-tuned bert_jax model directory on `input_path` (a file in the task's original format) and writes
-    the task's predictions to `output`: a file (extra files such as SQuAD's n-best go next to it, named
-    `<output stem>.<kind>.json`), or a directory (the task's own file names).
-
-    The task, its options and the featurization come from the directory's finetune.json (written by
-    `finetune`); `task_name` must agree with it, and is needed for a directory without one (e.g. a converted
-    Hugging Face classifier). Labeled input is also scored. Batches are padded to length buckets (the model
-    directory's, else the default ones) unless `bucketed` is False. Returns {"paths", "metrics", "report"}.
-    """
-    from bert_jax.pretrained import load_pretrained, read_manifest
-    from bert_jax.tasks import get_task
-
-    record_file = os.path.join(checkpoint, FINETUNE_FILE)
-    record = _read_json(record_file) if paths.exists(record_file) else None
-    manifest = read_manifest(checkpoint)
-    if record is None and not task_name:
-        raise ValueError(f"{checkpoint}: no {FINETUNE_FILE} (not written by `finetune`): give the task (--task)")
-    if record is not None and task_name and get_task(task_name).name != record["task"]:
-        raise ValueError(f"{checkpoint} was fine-tuned for {record['task']!r}, not {task_name!r}")
-    name = record["task"] if record else task_name
-    options = dict(record["task_options"]) if record else {}
-    if not record and name == "classify" and manifest.get("labels"):
-        options["labels"] = manifest["labels"]
-    task = get_task(name, **options)
-    data = record["data"] if record else {"max_seq_length": 384 if task.kind == "span" else 128,
-                                          "truncation": "original", "doc_stride": 128, "max_query_length": 64}
-    decode_options = record["decode"] if record else dict(default_config().decode)
-
-    pretrained = load_pretrained(checkpoint)
-    bert, params, tokenizer = pretrained
-    head = "qa_outputs" if task.kind == "span" else "classifier"
-    if head not in params:
-        raise ValueError(f"{checkpoint}: no fine-tuned head ({head!r}) for a {task.kind} task; parts: "
-                         f"{', '.join(manifest.get('parts', []))}")
-    width = np.shape(params[head]["bias"])[0]
-    expected = 2 if task.kind == "span" else task.num_labels
-    if width != expected:
-        raise ValueError(f"{checkpoint}: its {head} head has {width} outputs, task {task.name!r} needs {expected}")
-
-    examples, report = task.read(split, input_path, strict=strict)
-    print(f"[{split}] {report.summary()}", flush=True)
-    if not examples:
-        raise ValueError(f"{input_path}: no usable examples")
-    split_data = Split(split, examples, featurize(task, examples, tokenizer, data))
-
-    mesh = sharding.make_mesh({"data": -1}, devices)
-    if batch_size % sharding.data_parallel_size(mesh):
-        raise ValueError(f"batch_size={batch_size}: must divide over the {sharding.data_parallel_size(mesh)} devices")
-    objective = FinetuneObjective(task.kind, bert, task.num_labels, getattr(task, "num_choices", 4))
-    param_shardings = sharding.logical_shardings(jax.eval_shape(objective.init_params, jax.random.PRNGKey(0)), mesh)
-    forward = make_forward(objective, mesh, param_shardings)
-    # Only the parts this task's model has: a converted Hugging Face classifier also brings its pretraining heads.
-    placed = jax.device_put({k: params[k] for k in param_shardings}, param_shardings)
-    buckets = (length_buckets.resolve_buckets(data.get("bucket_lengths", ()), data["max_seq_length"])
-               if bucketed else None)
-    outputs = run_model(forward, placed, split_data.features, batch_size, mesh, buckets, per_token_outputs(task.kind))
-    predictions = decode(task, outputs, split_data, decode_options)
-    metrics = task.evaluate(predictions, examples) if split_data.labeled else None
-    written = write_predictions_to(output, task, predictions, examples, split)
-    return {"paths": written, "metrics": metrics, "report": report}
-
-
-def write_into_directory(directory: str, task, items) -> list[str]:
-    """The task's prediction files for each (predictions, examples, split name) in `directory`, local or in a bucket
-    (the tasks' writers use local-file calls, so a bucket gets them uploaded); returns their paths there."""
-    with paths.written_locally(directory) as local:
-        written = [path for predictions, examples, split in items
-                   for path in task.write_predictions(predictions, examples, local, split)]
-    return [os.path.join(directory, os.path.relpath(path, local)) for path in written]
-
-
-def write_predictions_to(output: str, task, predictions, examples, split: str) -> list:
-    """The task's prediction files at `output`: a directory (the task's names) or a file (the first file the task
-    writes; the others beside it as <stem>.<what><ext>)."""
-    if output.endswith(("/", os.sep)) or paths.isdir(output):
-        return write_into_directory(output, task, [(predictions, examples, split)])
-    parent = os.path.dirname(paths.absolute(output))
-    paths.makedirs(parent)
-    stem, _ = os.path.splitext(output)
-    # Scratch next to the output on a local disk (the files are then renamed into place); a bucket gets uploads.
-    with tempfile.TemporaryDirectory(dir=None if paths.is_remote(parent) else parent) as scratch:
-        written = task.write_predictions(predictions, examples, scratch, split)
-        targets = [output]
-        for extra in written[1:]:
-            name = os.path.basename(extra)
-            name = name[len(split) + 1:] if name.startswith(f"{split}_") else name
-            targets.append(f"{stem}.{name}")
-        for source, target in zip(written, targets):
-            paths.put(source, target)
-    return targets

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax import finetune
+from bert_jax import finetune, finetune_data, heads, predict
 from tests.conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,7 +206,7 @@ def test_finetuned_model_directory_serves_predict_and_export(sst2_run, tmp_path,
 
     # A checkpoint fine-tuned for one task refuses another.
     with pytest.raises(ValueError, match="fine-tuned for 'sst2', not 'cola'"):
-        finetune.predict(str(model), str(dev_file), str(tmp_path / "x.tsv"), task_name="cola")
+        predict.predict(str(model), str(dev_file), str(tmp_path / "x.tsv"), task_name="cola")
 
     # export-hf reads it: transformers' BertForSequenceClassification gives the same logits.
     import torch
@@ -225,8 +225,8 @@ def test_finetuned_model_directory_serves_predict_and_export(sst2_run, tmp_path,
         theirs = hf(input_ids=torch.tensor(features["input_ids"], dtype=torch.long),
                     attention_mask=torch.tensor(features["attention_mask"], dtype=torch.long),
                     token_type_ids=torch.tensor(features["token_type_ids"], dtype=torch.long)).logits.numpy()
-    objective = finetune.FinetuneObjective("classification", pretrained.config, 2)
-    ours = objective.apply(pretrained.params, {k: jnp.asarray(features[k]) for k in finetune.INPUT_KEYS})
+    objective = heads.FinetuneObjective("classification", pretrained.config, 2)
+    ours = objective.apply(pretrained.params, {k: jnp.asarray(features[k]) for k in heads.INPUT_KEYS})
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
 
 
@@ -275,8 +275,8 @@ def test_stsb_is_a_regression(tiny_model, tmp_path):
     task = get_task("stsb")
     examples, _ = task.read("validation", str(GLUE / "STS-B"))
     features = task.featurize(examples[:48], model.tokenizer, max_seq_length=64)
-    objective = finetune.FinetuneObjective("regression", model.config, 1)
-    scores = np.asarray(jax.jit(objective.apply)(model.params, {k: features[k] for k in finetune.INPUT_KEYS}))[:, 0]
+    objective = heads.FinetuneObjective("regression", model.config, 1)
+    scores = np.asarray(jax.jit(objective.apply)(model.params, {k: features[k] for k in heads.INPUT_KEYS}))[:, 0]
     gold = [float(r["label"]) for r in rows]
     np.testing.assert_allclose(np.clip(scores, 0, 5), [float(r["prediction"]) for r in rows], atol=1e-3)
     assert result["metrics"]["pearson"] == pytest.approx(pearsonr(scores, gold)[0], abs=1e-4)
@@ -319,7 +319,7 @@ def test_mnli_is_scored_on_matched_and_mismatched_dev(tiny_model, tmp_path):
 
     folder = mnli_folder(tmp_path / "MNLI")
     config = finetune.validate_config(tiny_config("mnli", tiny_model, source=str(folder)))
-    task, train, dev, test = finetune.load_data(config, get_task("mnli"), load_tokenizer(str(VOCAB)))
+    task, train, dev, test = finetune_data.load_data(config, get_task("mnli"), load_tokenizer(str(VOCAB)))
     assert [split.name for split in dev] == ["validation_matched", "validation_mismatched"] and test == []
     # run_classifier.py's label order: contradiction, entailment, neutral
     assert list(train.features["labels"]) == [1, 0, 2, 0]
@@ -328,13 +328,13 @@ def test_mnli_is_scored_on_matched_and_mismatched_dev(tiny_model, tmp_path):
         right = np.eye(3)[split.features["labels"]]
         return {"logits": right if split.name == "validation_matched" else 1 - right}
 
-    metrics, predictions = finetune.evaluate_splits(task, dev, outputs_of, {})
+    metrics, predictions = predict.evaluate_splits(task, dev, outputs_of, {})
     assert metrics == {"accuracy": 1.0, "validation_mismatched_accuracy": 0.0}
     assert task.best_metric == "accuracy"
 
     files = f"{folder / 'dev_matched.tsv'},{folder / 'dev_mismatched.tsv'}"
     config = finetune.validate_config(tiny_config("mnli", tiny_model, train=str(folder / "train.tsv"), dev=files))
-    assert finetune.load_data(config, task, load_tokenizer(str(VOCAB)))[2][1].name == "validation_mismatched"
+    assert finetune_data.load_data(config, task, load_tokenizer(str(VOCAB)))[2][1].name == "validation_mismatched"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -402,7 +402,7 @@ def test_squad_v1_spans(tiny_model, tmp_path):
 
     # predict on the same questions: the answers JSON at the path asked for, the n-best list beside it.
     output = tmp_path / "out" / "answers.json"
-    predicted = finetune.predict(str(tmp_path / "squad" / "model"), str(paths["eval"]), str(output), batch_size=32)
+    predicted = predict.predict(str(tmp_path / "squad" / "model"), str(paths["eval"]), str(output), batch_size=32)
     assert predicted["paths"] == [str(output), str(tmp_path / "out" / "answers.nbest_predictions.json")]
     assert json.loads(output.read_text()) == predictions
     assert predicted["metrics"]["f1"] == pytest.approx(f1)
@@ -436,7 +436,7 @@ def test_conll2003_tagging(tiny_model, tmp_path):
     # predict on the bare words (one per line, unlabeled): the same tags, appended to each word.
     words = tmp_path / "words.txt"
     words.write_text("\n".join(line.split()[0] if line.strip() else "" for line in dev.read_text().splitlines()))
-    predicted = finetune.predict(str(tmp_path / "ner" / "model"), str(words), str(tmp_path / "tags.txt"),
+    predicted = predict.predict(str(tmp_path / "ner" / "model"), str(words), str(tmp_path / "tags.txt"),
                                  batch_size=32)
     assert predicted["metrics"] is None  # nothing to score against
     lines = [line.split() for line in (tmp_path / "tags.txt").read_text().splitlines()
@@ -686,7 +686,7 @@ def test_losses_match_hugging_face(kind, model_class, extra, make_hf_bert, tmp_p
         else:
             theirs = hf(**{k: torch.tensor(v) for k, v in batch.items()}).loss.item()
     num_labels = {"classification": 3, "tagging": 5}.get(kind, 1)
-    objective = finetune.FinetuneObjective(kind, pretrained.config, num_labels, num_choices=3)
+    objective = heads.FinetuneObjective(kind, pretrained.config, num_labels, num_choices=3)
     head = "qa_outputs" if kind == "span" else "classifier"
     params = {"bert": pretrained.params["bert"], head: pretrained.params[head]}
     batch = {k: jnp.asarray(v) for k, v in batch.items()}

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from bert_jax import finetune, length_buckets, sharding
+from bert_jax import finetune, heads, length_buckets, predict, sharding
 from bert_jax.model import BertConfig
 
 MAX_LEN = 64
@@ -174,18 +174,18 @@ def test_bucketed_outputs_and_losses_equal_padding_to_max_seq_length(kind, num_l
     rng = np.random.default_rng(5)
     lengths = np.concatenate([rng.integers(4, 16, 20), rng.integers(17, 33, 15), rng.integers(40, MAX_LEN + 1, 5)])
     features = features_of(lengths, choices=choices)
-    objective = finetune.FinetuneObjective(kind, TINY, num_labels, num_choices=choices or 4)
+    objective = heads.FinetuneObjective(kind, TINY, num_labels, num_choices=choices or 4)
     params = jax.device_get(nn.meta.unbox(objective.init_params(jax.random.PRNGKey(0))))
     mesh = sharding.make_mesh({"data": -1})
     shardings = sharding.logical_shardings(jax.eval_shape(objective.init_params, jax.random.PRNGKey(0)), mesh)
-    forward = CountingForward(finetune.make_forward(objective, mesh, shardings))
+    forward = CountingForward(predict.make_forward(objective, mesh, shardings))
     placed = jax.device_put(params, shardings)
 
-    padded = finetune.run_model(forward, placed, features, 8, mesh)
+    padded = predict.run_model(forward, placed, features, 8, mesh)
     assert forward.shapes == {(8, MAX_LEN) if choices is None else (8, choices, MAX_LEN)}
     forward.shapes.clear()
-    per_token = finetune.per_token_outputs(kind)
-    bucketed = finetune.run_model(forward, placed, features, 8, mesh, BUCKETS, per_token)
+    per_token = heads.KINDS[kind].per_token
+    bucketed = predict.run_model(forward, placed, features, 8, mesh, BUCKETS, per_token)
     widths = {shape[-1] for shape in forward.shapes}
     assert widths == set(BUCKETS)  # each bucket compiled once, none other
     assert padded.keys() == bucketed.keys()
@@ -208,7 +208,7 @@ def test_bucketed_outputs_and_losses_equal_padding_to_max_seq_length(kind, num_l
     batch = {**features, **targets_for(kind, features, lengths, rng)}
     chosen = np.flatnonzero(lengths <= 32)[:8]
     full = {k: v[chosen] for k, v in batch.items()}
-    cut = length_buckets.trim(full, 32, finetune.sequence_keys(kind))
+    cut = length_buckets.trim(full, 32, heads.KINDS[kind].sequence_keys)
     assert cut["input_ids"].shape[-1] == 32
     losses = [objective.loss(params, b, None, objective.normalizers(b), train=False) for b in (full, cut)]
     np.testing.assert_allclose(losses[1][0], losses[0][0], rtol=1e-5, atol=1e-6)

@@ -313,7 +313,7 @@ def bucket(tmp_path, monkeypatch):
 def test_pretrain_then_finetune_with_workdirs_in_a_bucket(bucket, tmp_path, monkeypatch):
     import tempfile
 
-    from bert_jax import finetune, pretrain
+    from bert_jax import finetune, predict, pretrain
     from bert_jax.pretrained import load_pretrained
 
     (tmp_path / "local").mkdir()
@@ -381,7 +381,7 @@ def test_pretrain_then_finetune_with_workdirs_in_a_bucket(bucket, tmp_path, monk
     assert submission[0] == "index\tprediction" and len(submission) == 1 + 5
 
     # -- predict: the model in the bucket on a local file, the output file in the bucket --
-    out = finetune.predict(f"{MOCK}/finetune/model", str(data / "dev.tsv"), f"{MOCK}/out/dev.tsv",
+    out = predict.predict(f"{MOCK}/finetune/model", str(data / "dev.tsv"), f"{MOCK}/out/dev.tsv",
                              split="validation", batch_size=8)
     assert out["paths"] == [f"{MOCK}/out/dev.tsv"]
     written = (bucket / "out" / "dev.tsv").read_text().splitlines()

@@ -51,7 +51,7 @@ def test_predict_skips_the_row_with_an_unclosed_quote_and_predicts_every_other(m
     import torch
     from transformers import BertForSequenceClassification, BertTokenizerFast
 
-    from bert_jax import finetune
+    from bert_jax import predict
     from bert_jax.convert import convert_checkpoint
     from bert_jax.pretrained import load_pretrained, save_pretrained
 
@@ -70,7 +70,7 @@ def test_predict_skips_the_row_with_an_unclosed_quote_and_predicts_every_other(m
     path = tmp_path / "test.csv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    result = finetune.predict(str(model_dir), str(path), str(tmp_path / "out.tsv"), task_name="classify",
+    result = predict.predict(str(model_dir), str(path), str(tmp_path / "out.tsv"), task_name="classify",
                               batch_size=8)
     out = capsys.readouterr().out
     assert f"{path}: 39 examples from 40 records, 1 skipped" in out

@@ -273,3 +273,32 @@ def test_a_missing_label_or_text_column_is_named(tmp_path):
     examples, report = get_task("classify").read("train", str(jsonl))
     assert [p.reason for p in report.skipped] == ["missing field 'text' (fields: review, stars)",
                                                   "missing field 'text' (fields: review, label)"]
+
+
+def test_a_config_task_section_gives_classify_its_options_and_no_other_task_any():
+    from bert_jax.tasks import TASK_SETTINGS, task_options
+
+    settings = {"text_column": "review", "text_pair_column": "", "label_column": "stars", "labels": ("1", "2"),
+                "kind": "classification", "num_choices": 4}
+    options = task_options("classify", settings)
+    assert set(options) == set(TASK_SETTINGS["classify"]) and options["labels"] == ["1", "2"]
+    task = get_task("classify", **options)
+    assert task.text_pair_column is None and task.labels == ("1", "2")  # '' = no pair column
+    assert task_options("swag", settings) == {"num_choices": 4}
+    assert task_options("SST-2", settings) == {} and task_options("squad_v2", settings) == {}
+
+
+def test_featurize_options_come_from_the_run_settings_the_family_takes(tokenizer):
+    data = {"max_seq_length": 16, "truncation": "longest_first", "doc_stride": 8, "max_query_length": 4}
+    assert get_task("classify").featurize_options(data) == {"max_seq_length": 16, "truncation": "longest_first"}
+    assert get_task("squad_v1.1").featurize_options(data) == {"max_seq_length": 16, "doc_stride": 8,
+                                                              "max_query_length": 4}
+    assert get_task("conll2003").featurize_options(data) == {"max_seq_length": 16}
+    assert get_task("sst2").decode_options({"n_best_size": 3}) == {}
+    assert get_task("squad_v2.0").decode_options({"n_best_size": 3, "other": 1}) == {"n_best_size": 3}
+    examples = [TextExample("1", "a good film", label="pos"), TextExample("2", "a bad one", label="neg")]
+    task = get_task("classify", labels=["neg", "pos"])
+    features = task.featurize(examples, tokenizer, **task.featurize_options(data))
+    assert features["input_ids"].shape == (2, 16) and task.labeled(examples, features)
+    unlabeled = [TextExample("3", "no label")]
+    assert not task.labeled(unlabeled, task.featurize(unlabeled, tokenizer, max_seq_length=16))

@@ -387,3 +387,13 @@ def test_reads_tfds_squad_through_mock_data():
         examples, report = get_task("squad_v2.0").read("validation", "tfds")
         assert report.ok and [(e.qid, e.is_impossible, e.answers) for e in examples] == [
             ("b", True, ()), ("c", False, (Answer("Paris", 0),))]
+
+
+def test_a_split_is_labeled_when_every_question_has_answers_or_is_unanswerable():
+    task = get_task("squad_v2.0")
+    answered = SquadExample("q1", "Who?", "Ann ran.", (Answer("Ann", 0),))
+    impossible = SquadExample("q2", "Why?", "Ann ran.", is_impossible=True)
+    unknown = SquadExample("q3", "Where?", "Ann ran.")
+    features = {"start_positions": None}  # a window's targets are always there: they say nothing
+    assert task.labeled([answered, impossible], features)
+    assert not task.labeled([answered, unknown], features) and not task.labeled([], features)

@@ -40,7 +40,7 @@ def main(argv):
     import jax
     from absl import logging
 
-    from bert_jax.finetune import predict
+    from bert_jax.predict import predict
 
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO

@@ -11,9 +11,13 @@ One shape for every task family, so the fine-tuning trainer drives all of them t
     metrics = task.evaluate(predictions, examples)                       # {name: float}; task.best_metric picks ckpts
     task.write_predictions(predictions, examples, output_dir, split)     # GLUE TSVs, SQuAD JSONs, CoNLL columns
 
-`Task` fields: name, kind ('classification' | 'regression' | 'tagging' | 'span' | 'multiple_choice'), labels (the
-label names; index = class id), metric_names, best_metric (the metric to maximise when picking the best
-checkpoint), eval_splits / test_splits (MNLI has matched and mismatched ones), tfds_name.
+`Task` fields: name, kind ('classification' | 'regression' | 'tagging' | 'span' | 'multiple_choice'; the head, loss
+and outputs of each are in bert_jax/heads.py KINDS), labels (the label names; index = class id), metric_names,
+best_metric (the metric to maximise when picking the best checkpoint), eval_splits / test_splits (MNLI has matched
+and mismatched ones), tfds_name. A family also says which featurize and decode options it takes from a run's
+settings (`featurization`, `decoding`: the fine-tuning config's data and decode sections, or a model directory's
+record of them) and whether a split can be scored (`labeled`); `TASK_SETTINGS` / `task_options` give the options
+`get_task` takes from a config's task section.
 
 Features (np.int32 unless said otherwise; N examples, F features, T = max_seq_length, C choices, L labels):
   every kind      input_ids, attention_mask, token_type_ids   [F, T] ([N, C, T] for multiple choice)
@@ -65,7 +69,8 @@ import dataclasses
 import importlib
 import os
 import re
-from typing import Any, Iterator, NamedTuple, Optional, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -84,19 +89,37 @@ _REGISTRY = {
 }
 TASK_NAMES = tuple(_REGISTRY)
 
+# The settings of a fine-tuning config's task section (config.task) that a task's factory takes as get_task
+# options; every other task takes none of them. '' and () there mean "not given" (classify: no text pair or label
+# column, labels inferred from train).
+TASK_SETTINGS = {"classify": ("text_column", "text_pair_column", "label_column", "labels", "kind"),
+                 "swag": ("num_choices",)}
+
 # Accepted spellings of split names; TFDS's names are the canonical ones.
 _SPLIT_ALIASES = {"dev": "validation", "valid": "validation", "val": "validation", "eval": "validation"}
 
 
-def get_task(name: str, **options) -> "Task":
-    """The task called `name` (see TASK_NAMES); `options` configure the generic ones (e.g. classify's columns)."""
+def task_key(name: str) -> str:
+    """The TASK_NAMES entry `name` spells (any case, '-' for '_', short SQuAD names)."""
     key = name.lower().replace("-", "_")
     key = {"squad_v1": "squad_v1.1", "squad_v2": "squad_v2.0", "squad": "squad_v1.1", "sst_2": "sst2",
            "sts_b": "stsb"}.get(key, key)
     if key not in _REGISTRY:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}")
+    return key
+
+
+def get_task(name: str, **options) -> "Task":
+    """The task called `name` (see TASK_NAMES); `options` configure the generic ones (e.g. classify's columns)."""
+    key = task_key(name)
     module_name, factory = _REGISTRY[key]
     return getattr(importlib.import_module(module_name), factory)(key, **options)
+
+
+def task_options(name: str, settings: Mapping) -> dict:
+    """get_task(name)'s options out of a config's task settings (TASK_SETTINGS; sequences as lists)."""
+    return {key: list(settings[key]) if isinstance(settings[key], (tuple, list)) else settings[key]
+            for key in TASK_SETTINGS.get(task_key(name), ())}
 
 
 def canonical_split(split: str) -> str:
@@ -321,6 +344,12 @@ class Table:
 class Task:
     """A fine-tuning task; the family modules subclass it and implement the five methods."""
 
+    # The featurize options a family takes from a run's data settings (fine-tuning's config.data, or a model
+    # directory's record of them), with the values used where there is no record (a converted Hugging Face model).
+    featurization: ClassVar[Mapping[str, Any]] = MappingProxyType({"max_seq_length": 128, "truncation": "original"})
+    # The decode options a family takes from a run's decode settings (config.decode); missing ones: decode's defaults.
+    decoding: ClassVar[tuple[str, ...]] = ()
+
     name: str
     kind: str
     labels: tuple = ()
@@ -340,6 +369,18 @@ class Task:
     def num_labels(self) -> int:
         """Width of the head's output: classes, tags, 1 for regression, 1 per choice for multiple choice."""
         return len(self.labels) if self.kind in ("classification", "tagging") else 1
+
+    def featurize_options(self, data: Mapping) -> dict:
+        """featurize's options (max_seq_length included) out of a run's data settings."""
+        return {key: data[key] for key in self.featurization}
+
+    def decode_options(self, settings: Mapping) -> dict:
+        """decode's options out of a run's decode settings."""
+        return {key: settings[key] for key in self.decoding if key in settings}
+
+    def labeled(self, examples: Sequence, features: Mapping) -> bool:
+        """Whether a split's examples can be scored: here, whether featurize gave them labels."""
+        return "labels" in features
 
     def read(self, split: str, source: Optional[str] = None, strict: bool = False,
              tfds_data_dir: Optional[str] = None) -> tuple[list, ReadReport]:

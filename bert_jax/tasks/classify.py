@@ -319,5 +319,7 @@ def classify_task(name: str = "classify", *, text_column: str = "text", text_pai
         labels = tuple(_label_name(label) for label in (labels or ()))
         if len(set(labels)) != len(labels):
             raise ValueError(f"classify: labels repeat: {list(labels)}")
+    # '' as None: a config (tasks.TASK_SETTINGS) says "no text pair / label column" with an empty string.
     return ClassifyTask(name=name, kind=kind, labels=labels, metric_names=names, best_metric=best,
-                        text_column=text_column, text_pair_column=text_pair_column, label_column=label_column)
+                        text_column=text_column, text_pair_column=text_pair_column or None,
+                        label_column=label_column or None)

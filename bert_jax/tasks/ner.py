@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from types import MappingProxyType
 from typing import Optional
 
 import numpy as np
@@ -99,6 +100,7 @@ def read_conll(path: str, labels, strict: bool = False) -> tuple[list, ReadRepor
 
 @dataclasses.dataclass(frozen=True)
 class NerTask(Task):
+    featurization = MappingProxyType({"max_seq_length": 128})  # one sequence per window: no pair to truncate
 
     def read_files(self, split, path, strict=False):
         if os.path.isdir(path):

@@ -30,6 +30,7 @@ import dataclasses
 import json
 import os
 import unicodedata
+from types import MappingProxyType
 from typing import Optional
 
 import numpy as np
@@ -161,6 +162,14 @@ def read_squad_json(path: str, version_2: bool, for_training: bool = False,
 @dataclasses.dataclass(frozen=True)
 class SquadTask(Task):
     version_2: bool = False
+
+    featurization = MappingProxyType({"max_seq_length": 384, "doc_stride": 128, "max_query_length": 64})
+    decoding = ("n_best_size", "max_answer_length", "null_score_diff_threshold")
+
+    def labeled(self, examples, features):
+        """Whether every question has gold answers or the mark 'unanswerable' (the targets of a window are always
+        there: [CLS] stands for "no answer here")."""
+        return bool(examples) and all(e.answers or e.is_impossible for e in examples)
 
     def read_files(self, split, path, strict=False):
         if os.path.isdir(path):
