@@ -28,14 +28,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 # Light imports only at the top: the offline writer's worker processes (spawned) import this module again.
-from bert_jax import pretraining_data, text_reader  # noqa: E402
+from bert_jax.data import text_reader  # noqa: E402
+from bert_jax.data.instances import InstanceConfig, SentenceTokenizer  # noqa: E402
+from bert_jax.data.offline_writer import prepare_pretraining_data  # noqa: E402
 from bert_jax.tokenizer import load_tokenizer  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 
 
 # ----------------------------------------------------------------------------------------------------
-# The baseline: SPEC §1 the way the original script does it (independent of bert_jax.pretraining_data)
+# The baseline: SPEC §1 the way the original script does it (independent of bert_jax.data.instances)
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -197,7 +199,7 @@ def main():
 
     files = sorted(glob.glob(str(DATA / "wikipedia" / "wiki_*")))[: args.files]
     tokenizer = load_tokenizer(args.vocab, lower_case=True)
-    config = pretraining_data.InstanceConfig(args.max_seq_length, args.max_predictions)
+    config = InstanceConfig(args.max_seq_length, args.max_predictions)
     docs = [d.sentences for d in text_reader.iter_documents(files)]
     sentences = [s for d in docs for s in d]
     megabytes = sum(len(s.encode("utf-8")) for s in sentences) / 1e6
@@ -217,7 +219,7 @@ def main():
     hf_ids = [e.ids for e in encoded]
     tokens = sum(len(x) for x in hf_ids)
     hf_rate = row("Hugging Face tokenizers (Rust, encode_batch)", tokens, clock, "tok")
-    graph = pretraining_data.SentenceTokenizer(tokenizer)
+    graph = SentenceTokenizer(tokenizer)
     graph(sentences[:1000])
     with Clock() as clock:
         flat, splits = graph(sentences)
@@ -243,11 +245,11 @@ def main():
         base = row("baseline: pure Python SPEC §1 writer (1 process)", count, clock, "seq")
 
         with Clock() as clock:
-            summary = pretraining_data.prepare_pretraining_data(files, args.vocab, os.path.join(tmp, "w1"), config,
+            summary = prepare_pretraining_data(files, args.vocab, os.path.join(tmp, "w1"), config,
                                                                 dupe_factor=args.dupe_factor, num_workers=1)
         row("bert_jax offline writer, 1 process", summary["instances"], clock, "seq", base)
         with Clock() as clock:
-            summary = pretraining_data.prepare_pretraining_data(files, args.vocab, os.path.join(tmp, "wk"), config,
+            summary = prepare_pretraining_data(files, args.vocab, os.path.join(tmp, "wk"), config,
                                                                 dupe_factor=args.dupe_factor,
                                                                 num_workers=args.workers)
         row(f"bert_jax offline writer, {args.workers} processes (incl. start)", summary["instances"], clock, "seq",
@@ -265,13 +267,13 @@ def main():
 
 def _measure_pipeline(pattern, tokenizer, args, mode):
     """One pass over the input, after the first batch (graph building and tracing excluded)."""
-    from bert_jax import input_pipeline
+    from bert_jax.data.pipeline import PipelineSpec, PretrainingIterator
 
-    iterator = input_pipeline.PretrainingIterator(
-        input_pattern=pattern, tokenizer=tokenizer, mode=mode, batch_size=args.batch_size,
+    iterator = PretrainingIterator(PipelineSpec(
+        input_pattern=pattern, mode=mode, batch_size=args.batch_size,
         max_seq_length=args.max_seq_length, max_predictions_per_seq=args.max_predictions, seed=0,
         process_index=0, process_count=1, repeat=False, drop_remainder=False,
-    )
+    ), tokenizer=tokenizer)
     next(iterator)
     count = 0
     with Clock() as clock:

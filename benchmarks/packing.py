@@ -8,7 +8,7 @@ The instances are the original generator's (bert_jax's streaming pipeline, SPEC 
 ends, dupe passes) over ../shared/data/wikipedia with BERT's vocabulary, so their padding is what real
 pretraining pads. One step = bert_jax's own jitted train step (bert_jax/trainer.py: gathered MLM + NSP, clipping,
 the original AdamW, donated state), float32, with dropout; the packed step takes the same instances in fewer rows
-(bert_jax/packing.py). Hugging Face: BertForPreTraining with sdpa attention, torch AdamW, the same instances
+(bert_jax/data/packing.py). Hugging Face: BertForPreTraining with sdpa attention, torch AdamW, the same instances
 padded. Each peer runs in its own process and they alternate in rounds (benchmarks/timing.py). Printed: step
 time, instances/s, useful tokens/s, and the ratios (goals at BERT-base on the 2-core CPU: packed >= 1.15x
 unpacked at 128 and >= 1.8x at 512; >= 1.0x Hugging Face at 128 and >= 1.5x at 512).
@@ -34,13 +34,13 @@ RECIPE_PREDICTIONS = {128: 20, 512: 80}  # configs/pretrain.py's phases
 
 def make_instances(length: int, max_predictions: int, count: int, files: int, path: str) -> str:
     """`count` instances at `length` from the first `files` Wikipedia files, saved to `path` (.npz)."""
-    from bert_jax.input_pipeline import PretrainingIterator
+    from bert_jax.data.pipeline import PipelineSpec, PretrainingIterator
     from bert_jax.tokenizer import load_tokenizer
 
     inputs = sorted(glob.glob(os.path.join(WIKIPEDIA, "wiki_*")))[:files]
-    data = PretrainingIterator(input_pattern=inputs, tokenizer=load_tokenizer(VOCAB), mode="streaming",
-                               batch_size=count, max_seq_length=length, max_predictions_per_seq=max_predictions,
-                               seed=0, repeat=True, shuffle=True)
+    data = PretrainingIterator(PipelineSpec(input_pattern=inputs, mode="streaming", batch_size=count,
+                                            max_seq_length=length, max_predictions_per_seq=max_predictions, seed=0,
+                                            repeat=True, shuffle=True), tokenizer=load_tokenizer(VOCAB))
     np.savez(path, **next(data))
     return path
 
@@ -54,7 +54,8 @@ def load_batches(path: str, batch: int) -> list[dict]:
 def bert_jax_step(size: str, path: str, batch: int, length: int, max_predictions: int, packed: bool):
     import jax
 
-    from bert_jax import optim, packing, pretrain, sharding, trainer
+    from bert_jax import optim, pretrain, sharding, trainer
+    from bert_jax.data import packing
     from bert_jax.model import BertConfig
 
     config = BertConfig.from_size(size, vocab_size=30522)
@@ -130,7 +131,7 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--no-hf", action="store_true", help="leave out Hugging Face")
     args = parser.parse_args()
-    from bert_jax import packing
+    from bert_jax.data import packing
 
     lengths = [int(x) for x in args.lengths.split(",")]
     sizes = [int(x) for x in args.batch.split(",")][:len(lengths)]

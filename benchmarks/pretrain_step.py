@@ -24,8 +24,9 @@ import transformers
 
 from bert_jax import optim, sharding, trainer
 from bert_jax.convert import config_to_hf
+from bert_jax.data.synthetic import SyntheticPretrainingData
 from bert_jax.model import BertConfig
-from bert_jax.pretrain import PretrainingObjective, SyntheticPretrainingData
+from bert_jax.pretrain import PretrainingObjective
 from bert_jax.train_metrics import flops_per_sequence, peak_flops_per_device
 from timing import measure  # benchmarks/timing.py, next to this script
 

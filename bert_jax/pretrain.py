@@ -32,6 +32,11 @@ from absl import logging
 from bert_jax import optim, paths, pretrain_input, sharding, trainer
 from bert_jax import workdir as workdirs
 from bert_jax.checkpoints import Checkpointer
+from bert_jax.data import builtin_corpus, packing, tfrecord_input
+from bert_jax.data.features import FEATURES
+from bert_jax.data.pipeline import PipelineSpec, PretrainingIterator
+from bert_jax.data.synthetic import SyntheticPretrainingData
+from bert_jax.data.text_reader import resolve_input_files
 from bert_jax.model import SIZES, BertConfig, BertForPreTraining, dummy_inputs
 from bert_jax.pretrained import Pretrained
 from bert_jax.train_metrics import MetricsWriter, flops_per_sequence, peak_flops_per_device
@@ -40,8 +45,6 @@ DATA_SOURCES = ("builtin", "files", "synthetic")
 PHASE_KEYS = ("fraction", "seq_length", "batch_size", "max_predictions")
 PHASE_OPTIONAL_KEYS = ("input_files",)  # '' (the default): config.data.input_files
 INPUT_FORMATS = ("auto", "text", "tfrecord")
-FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
-            "masked_lm_weights", "next_sentence_labels")
 
 # ----------------------------------------------------------------------------------------------------
 # 1. Config: every key, its faithful default, and validation
@@ -83,7 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
         dynamic_masking=False,  # RoBERTa-style: new masks each time an example is read
         dupe_factor=10,  # passes over the corpus with fresh random choices (static masking)
         seed=12345,
-        # Sequence packing (bert_jax/packing.py, SPEC §5): several whole instances per row, attention kept within
+        # Sequence packing (bert_jax/data/packing.py, SPEC §5): several whole instances per row, attention kept within
         # each. A phase's batch_size still counts instances; they travel in fewer rows (found from the first batch,
         # or packing_rows per global batch). Held-out evaluation stays unpacked (the same losses either way).
         packing=False,
@@ -335,7 +338,6 @@ def prepare_run_workdir(config, workdir: str) -> str:
 def prepare_text(config, workdir: str) -> tuple[Optional[Any], list[str], list[str]]:
     """(tokenizer, training files, held-out files) for the configured data source."""
     from bert_jax.tokenizer import load_tokenizer
-    from bert_jax.text_reader import resolve_input_files
 
     data = config.data
     if data.source == "synthetic":
@@ -356,13 +358,11 @@ def prepare_text(config, workdir: str) -> tuple[Optional[Any], list[str], list[s
 
 
 def builtin_text(config, workdir: str) -> tuple[list[str], list[str]]:
-    """CPython's documentation as a corpus (bert_jax/builtin_corpus.py); one file is held out.
+    """CPython's documentation as a corpus (bert_jax/data/builtin_corpus.py); one file is held out.
 
     Process 0 writes it (once: a resumed run finds it complete); the others then read its manifest. The input
     pipeline reads local files, so a run whose workdir is in a bucket keeps the corpus in a local directory of each
     host instead (bert_jax.paths.local_mirror; the corpus is deterministic, so every host writes the same)."""
-    from bert_jax import builtin_corpus
-
     directory = paths.local_mirror(workdir, "corpus") if paths.is_remote(workdir) else os.path.join(workdir, "corpus")
 
     def write():
@@ -458,7 +458,7 @@ class PretrainingObjective:
 
     def normalizers(self, batch):
         weights = batch["masked_lm_weights"].astype(jnp.float32).sum()
-        # Instances: one per row, or (packed rows, bert_jax/packing.py) the real NSP slots of the batch.
+        # Instances: one per row, or (packed rows, bert_jax/data/packing.py) the real NSP slots of the batch.
         instances = (batch["nsp_weights"].astype(jnp.float32).sum() if "nsp_weights" in batch
                      else jnp.float32(batch["input_ids"].shape[0]))
         return {"mlm": weights + 1e-5, "mlm_count": jnp.maximum(weights, 1.0), "nsp": instances}
@@ -494,83 +494,11 @@ class PretrainingObjective:
 # ----------------------------------------------------------------------------------------------------
 
 
-class SyntheticPretrainingData:
-    """Learnable synthetic batches with the 7 pretraining features, deterministic per (seed, batch index).
-
-    Each sequence is [CLS] A [SEP] B [SEP] over an arithmetic progression of token ids (start skewed
-    towards small ids, stride random per row); B continues A (label 0) or starts elsewhere (label 1, half
-    the rows). Masking is the original 80/10/10 on ~15% of the positions. Both tasks are learnable (slowly:
-    the strides need attention). Used by tests, benchmarks and `data.source='synthetic'`. The global batch is generated and this process's
-    `rows` of it are returned, so any number of processes sees the same global batches.
-    """
-
-    FIRST_ID = 5  # ids 0-4 stand for [PAD] [UNK] [CLS] [SEP] [MASK]
-    CLS, SEP, MASK = 2, 3, 4
-
-    def __init__(self, global_batch_size: int, seq_length: int, max_predictions: int, vocab_size: int,
-                 seed: int = 0, rows: Optional[slice] = None):
-        if vocab_size <= self.FIRST_ID + 8:
-            raise ValueError(f"synthetic data needs vocab_size > {self.FIRST_ID + 8}, got {vocab_size}")
-        self.batch, self.length, self.predictions = global_batch_size, seq_length, max_predictions
-        self.vocab_size, self.seed = vocab_size, seed
-        self.rows = rows or slice(0, global_batch_size)
-        self.index = 0
-
-    def get_state(self) -> dict:
-        return {"index": self.index}
-
-    def set_state(self, state: Mapping) -> None:
-        self.index = int(state["index"])
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        batch = self.global_batch(self.index)
-        self.index += 1
-        return {k: v[self.rows] for k, v in batch.items()}
-
-    def global_batch(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, index])
-        b, t, p = self.batch, self.length, self.predictions
-        content = self.vocab_size - self.FIRST_ID
-        out = {name: np.zeros((b, p if name.startswith("masked") else t), np.int32) for name in FEATURES[:5]}
-        out["masked_lm_weights"] = np.zeros((b, p), np.float32)
-        out["next_sentence_labels"] = rng.integers(0, 2, size=(b,)).astype(np.int32)
-        for row in range(b):
-            used = int(rng.integers(max(8, t // 2), t + 1))  # real tokens incl. [CLS] and two [SEP]
-            len_a = int(rng.integers(1, used - 4))
-            len_b = used - 3 - len_a
-            # Skewed starts make the unigram distribution learnable in a few steps; strides need attention.
-            start, stride = int(content * rng.random() ** 4), int(rng.integers(1, 4))
-            a = start + stride * np.arange(len_a)
-            b_start = start + stride * len_a if out["next_sentence_labels"][row] == 0 else int(rng.integers(content))
-            seq_b = b_start + stride * np.arange(len_b)
-            tokens = np.concatenate([[self.CLS], self.FIRST_ID + a % content, [self.SEP],
-                                     self.FIRST_ID + seq_b % content, [self.SEP]])
-            segment = np.concatenate([np.zeros(len_a + 2), np.ones(len_b + 1)])
-            candidates = np.concatenate([np.arange(1, len_a + 1), np.arange(len_a + 2, used - 1)])
-            count = min(p, max(1, int(round(used * 0.15))))
-            positions = np.sort(rng.choice(candidates, size=count, replace=False))
-            masked = tokens.copy()
-            for pos in positions:
-                roll = rng.random()
-                masked[pos] = self.MASK if roll < 0.8 else masked[pos] if roll < 0.9 else \
-                    self.FIRST_ID + int(rng.integers(content))
-            out["input_ids"][row, :used] = masked
-            out["input_mask"][row, :used] = 1
-            out["segment_ids"][row, :used] = segment
-            out["masked_lm_positions"][row, :count] = positions
-            out["masked_lm_ids"][row, :count] = tokens[positions]
-            out["masked_lm_weights"][row, :count] = 1.0
-        return out
-
-
 def make_input(config, phase: Mapping, *, tokenizer, files: Sequence[str], mesh, seed: int, train: bool,
                continue_from: Optional[dict] = None, input_format: Optional[str] = None):
     """This process's batches of one phase: an iterator of dicts of numpy arrays (FEATURES) with
     get_state/set_state. `files` are text (the streaming pipeline makes and masks instances) or TFRecords
-    (bert_jax/tfrecord_input.py), as `input_format` says ('text' | 'tfrecord'; None: found from their content,
+    (bert_jax/data/tfrecord_input.py), as `input_format` says ('text' | 'tfrecord'; None: found from their content,
     or as config.data.format forces); both give the same keys, dtypes and shapes. `continue_from`, the previous
     phase's final input state, makes the new phase go on where that one stopped (at the new length) instead of
     starting the corpus over; a phase reading other files (TFRecords at another length) starts at their start."""
@@ -581,9 +509,6 @@ def make_input(config, phase: Mapping, *, tokenizer, files: Sequence[str], mesh,
         if continue_from is not None:
             data.set_state(continue_from)
         return data
-    from bert_jax import tfrecord_input
-    from bert_jax.input_pipeline import PretrainingIterator
-
     if input_format is None:
         input_format, files = tfrecord_input.input_format(files, config.data.format)
     d = config.data
@@ -593,12 +518,13 @@ def make_input(config, phase: Mapping, *, tokenizer, files: Sequence[str], mesh,
             max_predictions=phase["max_predictions"], seed=seed, process_index=jax.process_index(),
             process_count=jax.process_count(), shuffle=train)
     else:
-        data = PretrainingIterator(
-            input_pattern=list(files), tokenizer=tokenizer, mode="streaming", batch_size=rows.stop - rows.start,
+        data = PretrainingIterator(PipelineSpec(
+            input_pattern=tuple(files), mode="streaming", batch_size=rows.stop - rows.start,
             max_seq_length=phase["seq_length"], max_predictions_per_seq=phase["max_predictions"],
             masked_lm_prob=d.masked_lm_prob, short_seq_prob=d.short_seq_prob, whole_word_masking=d.whole_word_masking,
             dynamic_masking=d.dynamic_masking, dupe_factor=d.dupe_factor, seed=seed,
-            process_index=jax.process_index(), process_count=jax.process_count(), repeat=True, shuffle=train)
+            process_index=jax.process_index(), process_count=jax.process_count(), repeat=True, shuffle=train),
+            tokenizer=tokenizer)
     if train and d.packing:
         data = packed(config, phase, data, mesh)
     # A position is only meaningful on the stream it was taken on (same files, seed and shard).
@@ -608,9 +534,7 @@ def make_input(config, phase: Mapping, *, tokenizer, files: Sequence[str], mesh,
 
 
 def packed(config, phase: Mapping, instances, mesh):
-    """The phase's instances packed into rows (bert_jax/packing.py); the batch still counts instances."""
-    from bert_jax import packing
-
+    """The phase's instances packed into rows (bert_jax/data/packing.py); the batch still counts instances."""
     d = config.data
     return packing.PackedBatches(
         instances, batch_size=phase["batch_size"], row_length=d.packing_row_length or phase["seq_length"],

@@ -37,7 +37,8 @@ from typing import Optional, Sequence
 import jax
 from absl import logging
 
-from bert_jax import pretraining_data, text_reader, tfrecord_input
+from bert_jax.data import text_reader, tfrecord_input
+from bert_jax.data.instances import GenerationStats
 
 SAMPLE_DOCUMENTS = 1000  # documents read at the start to report on (and judge) a text input
 MOSTLY = 0.5  # skipped / (skipped + kept) above this is "most of the input is skipped"
@@ -192,7 +193,7 @@ def _sample_text(input_set: InputSet, allow_mostly_skipped: bool) -> dict:
     return report
 
 
-def _text_counts(stats: text_reader.ReadStats, generation: Optional[pretraining_data.GenerationStats]) -> dict:
+def _text_counts(stats: text_reader.ReadStats, generation: Optional[GenerationStats]) -> dict:
     skipped = dict(sorted(stats.skipped.items()))
     examples = {k: list(v) for k, v in sorted(stats.examples.items())}
     if generation is not None:
@@ -216,7 +217,7 @@ def _read_by(input_set: InputSet) -> dict:
         states = [it.get_state() for it in input_set.iterators]
         last = max(states, key=lambda state: state["example"])  # positions only grow along a stream
         return {"files": len(input_set.files), "records_consumed": int(last["example"]), "epoch": int(last["epoch"])}
-    stats, generation = text_reader.ReadStats(), pretraining_data.GenerationStats()
+    stats, generation = text_reader.ReadStats(), GenerationStats()
     for iterator in input_set.iterators:
         stats.merge(iterator.read_stats)
         generation.merge(iterator.generation_stats)

@@ -20,8 +20,9 @@ as its pad/unk pieces and [CLS], [SEP],
 [MASK] (and the [unusedN]) as user-defined symbols; lower_case=True lower-cases the training text per character,
 as SentencePieceTokenizer(lower_case=True) does at tokenization time.
 
-Inputs: file paths, directories (all files below them), glob patterns, `.gz` files; or texts. A string without
-whitespace is a path or glob and must match something; a string with whitespace that is not an existing path is a
+Inputs: file paths, directories (all files below them), glob patterns, `.gz` files (resolved by
+bert_jax.data.text_reader.resolve_input_files, as every other input); or texts. A string without
+whitespace is a path or glob and must give a file; a string with whitespace that is not an existing path is a
 text. WikiExtractor's `<doc ...>` / `</doc>` lines are not text and are skipped (the count is logged).
 
 Nothing is dropped without a word: bytes that are not UTF-8 are dropped from their line (the rest of the line is
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
 import heapq
 import itertools
 import json
@@ -43,7 +43,7 @@ import os
 import re
 from typing import Iterable, Iterator
 
-from bert_jax.text_reader import numbered_raw_lines
+from bert_jax.data.text_reader import numbered_raw_lines, resolve_input_files
 from bert_jax.tokenizer import (
     CONFIG_FILE,
     CONTINUATION_PREFIX,
@@ -65,26 +65,6 @@ _DOC_MARKER = re.compile(r"^\s*</?doc(\s[^>]*)?>\s*$")
 # ----------------------------------------------------------------------------------------------------------------
 # Reading the training text
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def resolve_input_files(patterns: Iterable[str]) -> list[str]:
-    """Paths, directories (walked) and globs -> sorted list of files. Raises FileNotFoundError for a pattern
-    that matches nothing."""
-    files = []
-    for pattern in patterns:
-        pattern = os.fspath(pattern)
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        matches = [m for m in matches if os.path.exists(m)]
-        if not matches:
-            raise FileNotFoundError(f"no training files match {pattern}")
-        for match in matches:
-            if os.path.isdir(match):
-                for root, dirs, names in os.walk(match):
-                    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                    files.extend(os.path.join(root, n) for n in sorted(names) if not n.startswith("."))
-            else:
-                files.append(match)
-    return files
 
 
 @dataclasses.dataclass

@@ -2,7 +2,7 @@
 
 The full corpus is built once per module (7-10 s); a second build in a fresh interpreter with another hash
 seed checks that the bytes do not depend on the process. Counts are checked against the data engineer's
-reader (`bert_jax.text_reader`) and against plain string operations written here.
+reader (`bert_jax.data.text_reader`) and against plain string operations written here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bert_jax import builtin_corpus, text_reader
+from bert_jax.data import builtin_corpus, text_reader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,7 @@ def test_a_fresh_interpreter_writes_identical_bytes_without_output_or_imports(co
     script = textwrap.dedent(
         """
         import json, sys
-        from bert_jax import builtin_corpus
+        from bert_jax.data import builtin_corpus
         builtin_corpus.write_corpus(sys.argv[1])
         leaked = [m for m in ("antigravity", "this", "idlelib", "tkinter", "turtle", "test", "readline")
                   if m in sys.modules]

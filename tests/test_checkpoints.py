@@ -24,6 +24,7 @@ from jax._src import compilation_cache
 
 from bert_jax import pretrain
 from bert_jax.checkpoints import Checkpointer
+from bert_jax.data.synthetic import SyntheticPretrainingData
 from bert_jax.trainer import NonFiniteLossError, Preempted
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,7 +159,7 @@ def test_kill_9_during_an_async_save_resumes_from_the_last_complete_checkpoint(s
 
 
 def test_nan_stops_the_run_naming_the_step_and_is_never_saved(tmp_path, compile_cache, monkeypatch):
-    original = pretrain.SyntheticPretrainingData.global_batch
+    original = SyntheticPretrainingData.global_batch
 
     def poisoned(self, index):
         batch = original(self, index)
@@ -166,7 +167,7 @@ def test_nan_stops_the_run_naming_the_step_and_is_never_saved(tmp_path, compile_
             batch["masked_lm_weights"] = np.full_like(batch["masked_lm_weights"], np.nan)
         return batch
 
-    monkeypatch.setattr(pretrain.SyntheticPretrainingData, "global_batch", poisoned)
+    monkeypatch.setattr(SyntheticPretrainingData, "global_batch", poisoned)
     workdir = str(tmp_path)
     with pytest.raises(NonFiniteLossError, match=r"at step 8\b.*last good checkpoint: step 5"):
         pretrain.train_and_evaluate(tiny_config(log_every=5), workdir)

@@ -130,7 +130,7 @@ def test_corrupt_gz_names_the_file_and_line_and_leaves_no_shard(tmp_path, small_
 
 
 def test_the_text_reader_of_pretrain_names_a_corrupt_gz(tmp_path):
-    from bert_jax import text_reader
+    from bert_jax.data import text_reader
 
     text = write_corpus(tmp_path / "good.txt", 40)
     lines = truncated_gzip(tmp_path / "bad.txt.gz", text)

@@ -1,10 +1,11 @@
-"""The tf.data pretraining pipeline (bert_jax.input_pipeline) on a subset of the shared Wikipedia dump.
+"""The tf.data pretraining pipeline (bert_jax.data.pipeline) on a subset of the shared Wikipedia dump.
 
 Rules checked on the batches themselves (segment ids, masks, counts), offline vs streaming statistics,
 exact resumption in a fresh process, disjoint host shards, and a real two-process jax.distributed run
 that assembles a global array from the per-process batches.
 """
 
+import dataclasses
 import json
 import os
 import random
@@ -18,9 +19,14 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from bert_jax import input_pipeline as ip
-from bert_jax import pretraining_data as pdata
-from bert_jax import text_reader
+from bert_jax.data import pipeline as ip
+from bert_jax.data import text_reader
+from bert_jax.data.blocks import Position
+from bert_jax.data.features import FEATURES
+from bert_jax.data.instances import InstanceConfig, SentenceTokenizer, VocabInfo
+from bert_jax.data.masking import mask_batch_tf
+from bert_jax.data.offline_writer import prepare_pretraining_data
+from bert_jax.data.tfrecord import read_metadata
 from bert_jax.tokenizer import load_tokenizer
 
 WIKI = "../shared/data/wikipedia"
@@ -57,15 +63,14 @@ def corpus(tmp_path_factory):
 def records(corpus, tmp_path_factory):
     """Offline TFRecords of the corpus (one pass), written by the faithful writer."""
     directory = tmp_path_factory.mktemp("records")
-    pdata.prepare_pretraining_data(str(corpus), VOCAB, str(directory), pdata.InstanceConfig(), dupe_factor=1, seed=5)
+    prepare_pretraining_data(str(corpus), VOCAB, str(directory), InstanceConfig(), dupe_factor=1, seed=5)
     return directory
 
 
 def _streaming(corpus, tokenizer, **overrides):
     pattern = corpus if isinstance(corpus, list) else str(corpus)
-    kwargs = dict(input_pattern=pattern, tokenizer=tokenizer, mode="streaming", batch_size=32, seed=1,
-                  process_index=0, process_count=1)
-    return ip.PretrainingIterator(**{**kwargs, **overrides})
+    kwargs = dict(input_pattern=pattern, mode="streaming", batch_size=32, seed=1, process_index=0, process_count=1)
+    return ip.PretrainingIterator(ip.PipelineSpec(**{**kwargs, **overrides}), tokenizer=tokenizer)
 
 
 def _unmask(batch):
@@ -77,9 +82,9 @@ def _unmask(batch):
     return ids
 
 
-def _check_batch(batch, tokenizer, config: pdata.InstanceConfig, batch_size, exact_counts=True):
+def _check_batch(batch, tokenizer, config: InstanceConfig, batch_size, exact_counts=True):
     seq, preds = config.max_seq_length, config.max_predictions_per_seq
-    assert set(batch) == set(pdata.FEATURE_NAMES)
+    assert set(batch) == set(FEATURES)
     for name in ("input_ids", "input_mask", "segment_ids"):
         assert batch[name].shape == (batch_size, seq) and batch[name].dtype == np.int32
     for name in ("masked_lm_positions", "masked_lm_ids"):
@@ -113,7 +118,7 @@ def test_streaming_batches_follow_the_rules(corpus, tokenizer):
     it = _streaming(corpus, tokenizer)
     batches = [next(it) for _ in range(12)]
     for batch in batches:
-        _check_batch(batch, tokenizer, pdata.InstanceConfig(), 32)
+        _check_batch(batch, tokenizer, InstanceConfig(), 32)
     labels = np.concatenate([b["next_sentence_labels"] for b in batches])
     assert 0.42 < labels.mean() < 0.7
     assert it.read_stats.skipped["empty documents"] > 0  # the stub articles are counted
@@ -121,14 +126,14 @@ def test_streaming_batches_follow_the_rules(corpus, tokenizer):
 
 
 def test_whole_word_masking_in_the_stream(corpus, tokenizer):
-    config = pdata.InstanceConfig(whole_word_masking=True, max_seq_length=64, max_predictions_per_seq=10)
+    config = InstanceConfig(whole_word_masking=True, max_seq_length=64, max_predictions_per_seq=10)
     it = _streaming(corpus, tokenizer, whole_word_masking=True, max_seq_length=64, max_predictions_per_seq=10)
     whole_words = 0
     for _ in range(6):
         batch = next(it)
         _check_batch(batch, tokenizer, config, 32, exact_counts=False)
         original = _unmask(batch)
-        continuation = pdata.VocabInfo.from_tokenizer(tokenizer).is_continuation[original]
+        continuation = VocabInfo.from_tokenizer(tokenizer).is_continuation[original]
         for row in range(32):
             picked = set(batch["masked_lm_positions"][row][batch["masked_lm_weights"][row] > 0].tolist())
             for p in picked:  # the word's next piece is masked too, and so is the piece before a '##'
@@ -147,19 +152,19 @@ def test_static_masking_in_the_stream(corpus, tokenizer):
     it = _streaming(corpus, tokenizer, **kwargs)
     batches = [next(it) for _ in range(6)]
     for batch in batches:
-        _check_batch(batch, tokenizer, pdata.InstanceConfig(), 16)
+        _check_batch(batch, tokenizer, InstanceConfig(), 16)
     state = it.get_state()
     expected = next(it)
     resumed = _streaming(corpus, tokenizer, **kwargs)
     resumed.set_state(state)
     got = next(resumed)
-    for name in pdata.FEATURE_NAMES:
+    for name in FEATURES:
         np.testing.assert_array_equal(got[name], expected[name])
 
 
 def test_graph_tokenizer_gives_the_python_ids(tokenizer):
     sentences = [s for d in text_reader.iter_file_documents(os.path.join(WIKI, "wiki_15")) for s in d.sentences][:400]
-    in_graph = pdata.SentenceTokenizer(tokenizer)
+    in_graph = SentenceTokenizer(tokenizer)
     assert in_graph.in_graph
     flat, splits = in_graph(sentences)
     for k, sentence in enumerate(sentences):
@@ -168,14 +173,14 @@ def test_graph_tokenizer_gives_the_python_ids(tokenizer):
 
 def test_dynamic_masks_are_drawn_per_read(tokenizer):
     """The same pair read again (another example key) gets another mask; the same key, the same mask."""
-    vocab = pdata.VocabInfo.from_tokenizer(tokenizer)
-    config = pdata.InstanceConfig()
+    vocab = VocabInfo.from_tokenizer(tokenizer)
+    config = InstanceConfig()
     ids = np.full([64, 128], tokenizer.pad_id, np.int32)
     ids[:, 0], ids[:, 1:100], ids[:, 100], ids[:, 101:127], ids[:, 127] = 101, 2000, 102, 3000, 102
     lengths = np.full([64], 128, np.int32)
-    first = pdata.mask_batch_tf(ids, lengths, np.arange(64), config=config, vocab=vocab, seed=3)
-    again = pdata.mask_batch_tf(ids, lengths, np.arange(64), config=config, vocab=vocab, seed=3)
-    later = pdata.mask_batch_tf(ids, lengths, np.arange(64) + 64, config=config, vocab=vocab, seed=3)
+    first = mask_batch_tf(ids, lengths, np.arange(64), config=config, vocab=vocab, seed=3)
+    again = mask_batch_tf(ids, lengths, np.arange(64), config=config, vocab=vocab, seed=3)
+    later = mask_batch_tf(ids, lengths, np.arange(64) + 64, config=config, vocab=vocab, seed=3)
     np.testing.assert_array_equal(first["masked_lm_positions"], again["masked_lm_positions"])
     differ = (first["masked_lm_positions"].numpy() != later["masked_lm_positions"].numpy()).any(1)
     assert differ.mean() > 0.95
@@ -188,22 +193,23 @@ def test_dynamic_masks_are_drawn_per_read(tokenizer):
 
 def test_offline_reads_the_records_and_is_reproducible(records, tokenizer):
     files = str(records / "*.tfrecord")
-    a = ip.PretrainingIterator(input_pattern=files, mode="offline", batch_size=32, seed=7, process_index=0,
-                               process_count=1, shuffle_buffer=500)
-    b = ip.PretrainingIterator(input_pattern=files, mode="offline", batch_size=32, seed=7, process_index=0,
-                               process_count=1, shuffle_buffer=500)
-    c = ip.PretrainingIterator(input_pattern=files, mode="offline", batch_size=32, seed=8, process_index=0,
-                               process_count=1, shuffle_buffer=500)
+    a = ip.PretrainingIterator(ip.PipelineSpec(input_pattern=files, mode="offline", batch_size=32, seed=7,
+                                               process_index=0, process_count=1, shuffle_buffer=500))
+    b = ip.PretrainingIterator(ip.PipelineSpec(input_pattern=files, mode="offline", batch_size=32, seed=7,
+                                               process_index=0, process_count=1, shuffle_buffer=500))
+    c = ip.PretrainingIterator(ip.PipelineSpec(input_pattern=files, mode="offline", batch_size=32, seed=8,
+                                               process_index=0, process_count=1, shuffle_buffer=500))
     for _ in range(5):
         batch_a, batch_b, batch_c = next(a), next(b), next(c)
-        _check_batch(batch_a, tokenizer, pdata.InstanceConfig(), 32)
-        for name in pdata.FEATURE_NAMES:
+        _check_batch(batch_a, tokenizer, InstanceConfig(), 32)
+        for name in FEATURES:
             np.testing.assert_array_equal(batch_a[name], batch_b[name])
     assert not np.array_equal(batch_a["input_ids"], batch_c["input_ids"])
     # One epoch without repeat: every record exactly once.
-    total = pdata.read_metadata(str(records))["summary"]["instances"]
-    once = ip.make_pretraining_dataset(input_pattern=files, mode="offline", batch_size=64, seed=1, process_index=0,
-                                       process_count=1, repeat=False, drop_remainder=False)
+    total = read_metadata(str(records))["summary"]["instances"]
+    once = ip.make_pretraining_dataset(ip.PipelineSpec(input_pattern=files, mode="offline", batch_size=64, seed=1,
+                                                       process_index=0, process_count=1, repeat=False,
+                                                       drop_remainder=False))
     rows = np.concatenate([x["input_ids"] for x in once.as_numpy_iterator()])
     assert len(rows) == total
     assert len({r.tobytes() for r in rows}) == total
@@ -225,10 +231,12 @@ def test_offline_and_streaming_agree_in_distribution(corpus, records, tokenizer)
             "segment_b": np.concatenate([b["segment_ids"] for b in batches]).sum() / lengths.sum(),
         }
 
-    offline = ip.make_pretraining_dataset(input_pattern=str(records / "*.tfrecord"), mode="offline", batch_size=100,
-                                          seed=1, process_index=0, process_count=1, repeat=False)
-    streaming = ip.make_pretraining_dataset(input_pattern=str(corpus), tokenizer=tokenizer, mode="streaming",
-                                            batch_size=100, seed=2, process_index=0, process_count=1, repeat=False)
+    offline = ip.make_pretraining_dataset(ip.PipelineSpec(
+        input_pattern=str(records / "*.tfrecord"), mode="offline", batch_size=100, seed=1, process_index=0,
+        process_count=1, repeat=False))
+    streaming = ip.make_pretraining_dataset(ip.PipelineSpec(
+        input_pattern=str(corpus), mode="streaming", batch_size=100, seed=2, process_index=0, process_count=1,
+        repeat=False), tokenizer)
     a, b = statistics(list(offline.as_numpy_iterator())), statistics(list(streaming.as_numpy_iterator()))
     assert abs(a["nsp"] - b["nsp"]) < 0.04
     assert abs(a["full"] - b["full"]) < 0.05
@@ -239,8 +247,9 @@ def test_offline_and_streaming_agree_in_distribution(corpus, records, tokenizer)
 
 def test_offline_records_of_another_length_are_refused(records):
     with pytest.raises(ValueError, match=r"pretraining_data\.json.*max_seq_length=128"):
-        ip.make_pretraining_dataset(input_pattern=str(records / "*.tfrecord"), mode="offline", batch_size=8,
-                                    max_seq_length=512, max_predictions_per_seq=80, process_index=0, process_count=1)
+        ip.make_pretraining_dataset(ip.PipelineSpec(
+            input_pattern=str(records / "*.tfrecord"), mode="offline", batch_size=8, max_seq_length=512,
+            max_predictions_per_seq=80, process_index=0, process_count=1))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -250,12 +259,11 @@ def test_offline_records_of_another_length_are_refused(records):
 _RESUME_CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from bert_jax import input_pipeline as ip
+    from bert_jax.data import pipeline as ip
     from bert_jax.tokenizer import load_tokenizer
     kwargs, state = json.load(open(sys.argv[1]))
-    if kwargs.pop("vocab", None):
-        kwargs["tokenizer"] = load_tokenizer("%s")
-    it = ip.PretrainingIterator(**kwargs)
+    tokenizer = load_tokenizer("%s") if kwargs.pop("vocab", None) else None
+    it = ip.PretrainingIterator(ip.PipelineSpec(**kwargs), tokenizer=tokenizer)
     it.set_state(state)
     np.savez(sys.argv[2], **next(it))
 """ % VOCAB)
@@ -266,7 +274,7 @@ def test_resume_in_a_fresh_process(corpus, tokenizer, tmp_path):
     uninterrupted run reads. Small blocks, so the position is mid-stream after several blocks."""
     kwargs = dict(input_pattern=os.path.join(corpus, "wiki_12"), mode="streaming", batch_size=24, seed=3,
                   process_index=0, process_count=1, shuffle_buffer=15)
-    it = ip.PretrainingIterator(tokenizer=tokenizer, **kwargs)
+    it = ip.PretrainingIterator(ip.PipelineSpec(**kwargs), tokenizer=tokenizer)
     for _ in range(9):
         next(it)
     state = it.get_state()
@@ -280,7 +288,7 @@ def test_resume_in_a_fresh_process(corpus, tokenizer, tmp_path):
                             capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = np.load(tmp_path / "next.npz")
-    for name in pdata.FEATURE_NAMES:
+    for name in FEATURES:
         np.testing.assert_array_equal(resumed[name], expected[name])
 
 
@@ -288,37 +296,39 @@ def test_resume_in_a_fresh_process(corpus, tokenizer, tmp_path):
 def test_resume_across_epochs_in_process(corpus, records, tokenizer, mode):
     """Positions taken anywhere, including past an epoch boundary, resume to the same examples."""
     if mode == "streaming":
-        kwargs = dict(input_pattern=os.path.join(corpus, "wiki_12"), tokenizer=tokenizer, mode="streaming",
-                      shuffle_buffer=30)
+        kwargs = dict(input_pattern=os.path.join(corpus, "wiki_12"), mode="streaming", shuffle_buffer=30)
     else:
         kwargs = dict(input_pattern=str(records / "part-00000-*"), mode="offline", shuffle_buffer=100)
     kwargs.update(batch_size=50, seed=11, process_index=0, process_count=1)
-    reference = ip.PretrainingIterator(**kwargs)
+    reference = ip.PretrainingIterator(ip.PipelineSpec(**kwargs), tokenizer=tokenizer)
     batches, states = [], []
     for _ in range(45):  # more than one epoch of a file
         batches.append(next(reference))
         states.append(reference.get_state())
     assert states[-1]["epoch"] >= 1
-    resumed = ip.PretrainingIterator(**kwargs)
+    resumed = ip.PretrainingIterator(ip.PipelineSpec(**kwargs), tokenizer=tokenizer)
     for k in (0, 17, len(states) - 3):
         resumed.set_state(states[k])
         for j in (1, 2):
             got = next(resumed)
-            for name in pdata.FEATURE_NAMES:
+            for name in FEATURES:
                 np.testing.assert_array_equal(got[name], batches[k + j][name])
     with pytest.raises(ValueError, match="another input"):
-        ip.PretrainingIterator(**{**kwargs, "seed": 12}).set_state(states[0])
+        ip.PretrainingIterator(ip.PipelineSpec(**{**kwargs, "seed": 12}), tokenizer=tokenizer).set_state(states[0])
     json.dumps(states[-1])  # what the trainer stores
 
 
-def test_sequence_length_phase_rebuild(corpus, tokenizer):
+def test_sequence_length_phase_continues_the_stream(corpus, tokenizer):
+    """A new phase (bert_jax.pretrain.make_input): an iterator on a variant of the spec, given the old state."""
     it = _streaming(corpus, tokenizer, shuffle_buffer=100)
     for _ in range(3):
         next(it)
     block = it.get_state()["block"]
-    longer = it.rebuild(max_seq_length=256, max_predictions_per_seq=40, batch_size=8)
+    phase = dataclasses.replace(it.spec, max_seq_length=256, max_predictions_per_seq=40, batch_size=8)
+    longer = ip.PretrainingIterator(phase, tokenizer=tokenizer)
+    longer.set_state(it.get_state())
     batch = next(longer)
-    _check_batch(batch, tokenizer, pdata.InstanceConfig(max_seq_length=256, max_predictions_per_seq=40), 8)
+    _check_batch(batch, tokenizer, InstanceConfig(max_seq_length=256, max_predictions_per_seq=40), 8)
     assert batch["input_mask"].sum(1).max() > 128
     assert longer.get_state()["block"] == block  # continues from the block it was in
     # A state taken at another batch size restarts its block: the first rows are that block's first.
@@ -337,7 +347,7 @@ def test_sequence_length_phase_rebuild(corpus, tokenizer):
 
 
 def _documents_of(source):
-    return [(doc.source, doc.line) for doc, _ in source.shard.iterate(source._read(), ip.Position())]
+    return [(doc.source, doc.line) for doc, _ in source.shard.iterate(source._read(), Position())]
 
 
 @pytest.mark.parametrize("num_files, count", [(3, 2), (1, 2), (3, 3)])
@@ -352,9 +362,9 @@ def test_host_shards_are_disjoint_and_cover(corpus, tokenizer, num_files, count)
 
 def test_offline_record_shards(records):
     def rows(index, count):
-        ds = ip.make_pretraining_dataset(input_pattern=str(records / "*.tfrecord"), mode="offline", batch_size=16,
-                                         seed=1, process_index=index, process_count=count, repeat=False,
-                                         drop_remainder=False)
+        ds = ip.make_pretraining_dataset(ip.PipelineSpec(
+            input_pattern=str(records / "*.tfrecord"), mode="offline", batch_size=16, seed=1, process_index=index,
+            process_count=count, repeat=False, drop_remainder=False))
         return [r.tobytes() for b in ds.as_numpy_iterator() for r in b["input_ids"]]
 
     everything = rows(0, 1)
@@ -370,11 +380,12 @@ _DISTRIBUTED_CHILD = textwrap.dedent("""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
     from jax.experimental import multihost_utils
-    from bert_jax import input_pipeline as ip
-    it = ip.PretrainingIterator(input_pattern=sys.argv[3], mode="offline", batch_size=4, seed=0)
+    from bert_jax import sharding
+    from bert_jax.data import pipeline as ip
+    it = ip.PretrainingIterator(ip.PipelineSpec(input_pattern=sys.argv[3], mode="offline", batch_size=4, seed=0))
     local = next(it)
-    mesh = jax.make_mesh((2,), ("data",))
-    batch = ip.make_global_batch(local, mesh)
+    mesh = sharding.make_mesh({"data": -1})
+    batch = sharding.global_batch(local, mesh)
     total = int(jax.jit(lambda x: x.sum())(batch["input_ids"]))
     gathered = multihost_utils.process_allgather(batch["input_ids"], tiled=True)
     print("RESULT " + json.dumps({"index": jax.process_index(), "count": jax.process_count(),
@@ -408,21 +419,6 @@ def test_two_processes_build_one_global_batch(records, tmp_path):
         assert r["shape"] == [8, 128]
         np.testing.assert_array_equal(np.array(r["gathered"]), expected)
         assert r["total"] == int(expected.sum())
-
-
-def test_make_global_batch_single_process():
-    import jax
-
-    local = {"input_ids": np.arange(12, dtype=np.int32).reshape(4, 3), "w": np.ones([4], np.float32)}
-    mesh = jax.make_mesh((1,), ("data",))
-    batch = ip.make_global_batch(local, mesh)
-    assert isinstance(batch["input_ids"], jax.Array)
-    np.testing.assert_array_equal(np.asarray(batch["input_ids"]), local["input_ids"])
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    assert ip.make_global_batch(local, sharding)["w"].sharding == sharding
-    from bert_jax.sharding import BATCH_AXES
-
-    assert ip.BATCH_AXES == BATCH_AXES  # the trainer's mesh axes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -468,14 +464,14 @@ def test_tfds_slices_are_disjoint_and_cover(tfds_dir):
 
 
 def test_streaming_from_tfds_resumes(tfds_dir, tokenizer):
-    kwargs = dict(tfds_name="tiny_wiki_corpus", tfds_data_dir=tfds_dir, tokenizer=tokenizer, batch_size=16, seed=4,
-                  process_index=1, process_count=2, shuffle_buffer=10)
-    it = ip.PretrainingIterator(**kwargs)
+    kwargs = dict(tfds_name="tiny_wiki_corpus", tfds_data_dir=tfds_dir, batch_size=16, seed=4, process_index=1,
+                  process_count=2, shuffle_buffer=10)
+    it = ip.PretrainingIterator(ip.PipelineSpec(**kwargs), tokenizer=tokenizer)
     batches = [next(it) for _ in range(4)]
-    _check_batch(batches[0], tokenizer, pdata.InstanceConfig(), 16)
+    _check_batch(batches[0], tokenizer, InstanceConfig(), 16)
     state = it.get_state()
     expected = next(it)
-    resumed = ip.PretrainingIterator(**kwargs)
+    resumed = ip.PretrainingIterator(ip.PipelineSpec(**kwargs), tokenizer=tokenizer)
     resumed.set_state(state)
     np.testing.assert_array_equal(next(resumed)["input_ids"], expected["input_ids"])
 
@@ -485,9 +481,9 @@ def test_tfds_mock_data(tokenizer):
     slicing is tested on the local dataset above)."""
     with tfds.testing.mock_data(num_examples=20):
         docs = list(text_reader.iter_tfds_documents("wikipedia/20230601.en"))
-        batch = next(iter(ip.make_pretraining_dataset(tfds_name="wikipedia/20230601.en", tokenizer=tokenizer,
-                                                      batch_size=4, max_seq_length=32, max_predictions_per_seq=5,
-                                                      process_index=0, process_count=1)))
+        batch = next(iter(ip.make_pretraining_dataset(ip.PipelineSpec(
+            tfds_name="wikipedia/20230601.en", batch_size=4, max_seq_length=32, max_predictions_per_seq=5,
+            process_index=0, process_count=1), tokenizer)))
     assert len(docs) == 20 and all(d.sentences for d in docs)
     assert batch["input_ids"].shape == (4, 32)
 
@@ -506,12 +502,31 @@ def test_bad_input_fails_early_naming_the_file(tmp_path, tokenizer):
         _streaming(str(tmp_path / "*.txt"), tokenizer)
     (tmp_path / "notrecords.tfrecord").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00abcdhello1234")
     with pytest.raises(ValueError, match="notrecords.tfrecord"):
-        ip.PretrainingIterator(input_pattern=str(tmp_path / "notrecords.tfrecord"), mode="offline", batch_size=2,
-                               process_index=0, process_count=1)
+        ip.PretrainingIterator(ip.PipelineSpec(input_pattern=str(tmp_path / "notrecords.tfrecord"), mode="offline",
+                                               batch_size=2, process_index=0, process_count=1))
     with pytest.raises(ValueError, match="process_index=2"):
         _streaming(str(tmp_path), tokenizer, process_index=2, process_count=2)
     with pytest.raises(ValueError, match="mode="):
         _streaming(str(tmp_path), tokenizer, mode="online")
+
+
+def test_a_damaged_record_is_an_error_naming_the_file_and_offset(records, tmp_path):
+    """Offline mode checks both CRCs of every record: a flipped byte stops the stream, naming where."""
+    shard = sorted(records.glob("*.tfrecord"))[0].read_bytes()
+    damaged = bytearray(shard)
+    damaged[len(damaged) // 2] ^= 0x04
+    (tmp_path / "mid.tfrecord").write_bytes(bytes(damaged))
+    it = ip.PretrainingIterator(ip.PipelineSpec(input_pattern=str(tmp_path / "mid.tfrecord"), mode="offline",
+                                                batch_size=16, process_index=0, process_count=1, repeat=False))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"mid\.tfrecord: damaged TFRecord at byte \d+"):
+        for _ in it:
+            pass
+    damaged = bytearray(shard)
+    damaged[20] ^= 0x04  # inside the first record: found before anything is built
+    (tmp_path / "first.tfrecord").write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"first\.tfrecord: damaged TFRecord at byte 0: the data CRC"):
+        ip.PretrainingIterator(ip.PipelineSpec(input_pattern=str(tmp_path / "first.tfrecord"), mode="offline",
+                                               batch_size=16, process_index=0, process_count=1))
 
 
 def test_odd_documents_are_counted_not_lost(tmp_path, tokenizer):
@@ -521,7 +536,7 @@ def test_odd_documents_are_counted_not_lost(tmp_path, tokenizer):
     it = _streaming(str(path), tokenizer, batch_size=8, max_seq_length=32, max_predictions_per_seq=5, repeat=False,
                     drop_remainder=False)
     batch = next(it)  # one pass over the file: each problem counted once
-    _check_batch(batch, tokenizer, pdata.InstanceConfig(max_seq_length=32, max_predictions_per_seq=5), len(batch["input_ids"]))
+    _check_batch(batch, tokenizer, InstanceConfig(max_seq_length=32, max_predictions_per_seq=5), len(batch["input_ids"]))
     assert it.read_stats.skipped == {"non-UTF-8 lines": 1}
     stats = it.generation_stats
     assert stats.one_token_documents >= 1 and stats.long_sentences >= 1 and stats.one_sentence_documents >= 2

@@ -166,7 +166,7 @@ def test_pretrain_finetune_predict_export_then_transformers(tmp_path):
 
     import jax.numpy as jnp
 
-    from bert_jax.finetune import FinetuneObjective
+    from bert_jax.heads import FinetuneObjective
 
     objective = FinetuneObjective("classification", ours.config, 2)
     our_logits = objective.apply(ours.params, {k: jnp.asarray(v, jnp.int32) for k, v in encoded.items()})

@@ -173,7 +173,8 @@ def test_tpu_setup_copies_the_checkout_and_installs_on_every_worker(fake_tpu):
     for i in range(WORKERS):
         home = root / f"worker{i}"
         code = home / "bert_jax"
-        assert (code / "bert_jax" / "builtin_corpus.py").read_bytes() == (REPO / "bert_jax" / "builtin_corpus.py").read_bytes()
+        copied = code / "bert_jax" / "data" / "builtin_corpus.py"
+        assert copied.read_bytes() == (REPO / "bert_jax" / "data" / "builtin_corpus.py").read_bytes()
         assert (code / "requirements.txt").exists() and not (code / ".venv").exists()
         assert not (home / "bert_jax.tar.gz").exists()
         calls = (home / "python_calls.txt").read_text().splitlines()

@@ -10,8 +10,9 @@ import optax
 import pytest
 
 from bert_jax import optim
+from bert_jax.data.synthetic import SyntheticPretrainingData
 from bert_jax.model import BertConfig, BertForPreTraining, abstract_params
-from bert_jax.pretrain import PretrainingObjective, SyntheticPretrainingData
+from bert_jax.pretrain import PretrainingObjective
 
 # ----------------------------------------------------------------------------------------------------
 # NumPy references

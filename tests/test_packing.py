@@ -1,4 +1,4 @@
-"""Sequence packing (bert_jax/packing.py, SPEC §5): a packed batch is the same instances, only in fewer rows.
+"""Sequence packing (bert_jax/data/packing.py, SPEC §5): a packed batch is the same instances, only in fewer rows.
 
 Checked here: the row layout by hand (positions restart, [CLS] and masked positions point at the right tokens);
 a packed batch's MLM and NSP losses and gradients equal those of the same instances unpacked (float32, 1e-5); no
@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax import packing, pretrain
+from bert_jax import pretrain
+from bert_jax.data import packing
 from bert_jax.model import BertConfig, BertForPreTraining
 from bert_jax.trainer import Preempted
 

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from bert_jax import pretrain, sharding
+from bert_jax.data.features import FEATURES
+from bert_jax.data.synthetic import SyntheticPretrainingData
 from bert_jax.model import BertConfig, BertForPreTraining, abstract_params
 from bert_jax.train_metrics import flops_per_sequence
 
@@ -87,7 +89,7 @@ def test_loss_is_the_spec_formula():
                         max_position_embeddings=16)
     objective = pretrain.PretrainingObjective(config)
     params = jax.jit(lambda rng: nn.meta.unbox(objective.init_params(rng)))(jax.random.PRNGKey(0))
-    batch = next(pretrain.SyntheticPretrainingData(6, 16, 3, 50, seed=1))
+    batch = next(SyntheticPretrainingData(6, 16, 3, 50, seed=1))
     batch["masked_lm_weights"][:, -1] = 0.0  # padding predictions must not count
 
     @jax.jit
@@ -255,9 +257,9 @@ def test_phase_steps_split_num_steps_by_fraction():
 
 
 def test_synthetic_batches_follow_the_feature_layout_and_split_by_process_rows():
-    data = pretrain.SyntheticPretrainingData(8, 32, 5, 100, seed=4)
+    data = SyntheticPretrainingData(8, 32, 5, 100, seed=4)
     batch = data.global_batch(0)
-    assert set(batch) == set(pretrain.FEATURES)
+    assert set(batch) == set(FEATURES)
     assert batch["input_ids"].shape == (8, 32) and batch["masked_lm_ids"].shape == (8, 5)
     for row in range(8):
         real = batch["input_mask"][row].sum()
@@ -267,7 +269,7 @@ def test_synthetic_batches_follow_the_feature_layout_and_split_by_process_rows()
         positions = batch["masked_lm_positions"][row, :count]
         assert count == min(5, max(1, round(real * 0.15))) and (np.diff(positions) > 0).all()
         assert not np.isin(batch["masked_lm_ids"][row, :count], [data.CLS, data.SEP]).any()  # never [CLS]/[SEP]
-    rows = pretrain.SyntheticPretrainingData(8, 32, 5, 100, seed=4, rows=slice(4, 8))
+    rows = SyntheticPretrainingData(8, 32, 5, 100, seed=4, rows=slice(4, 8))
     np.testing.assert_array_equal(next(rows)["input_ids"], batch["input_ids"][4:])
     rows.set_state({"index": 0})
     assert rows.get_state() == {"index": 0}

@@ -24,8 +24,12 @@ import pytest
 import tensorflow as tf
 from jax._src import compilation_cache
 
-from bert_jax import pretrain, pretrain_input, sharding, text_reader, tfrecord_input
-from bert_jax import pretraining_data as pdata
+from bert_jax import pretrain, pretrain_input, sharding
+from bert_jax.data import text_reader, tfrecord_input
+from bert_jax.data.features import FEATURES
+from bert_jax.data.instances import InstanceConfig
+from bert_jax.data.offline_writer import prepare_pretraining_data
+from bert_jax.data.tfrecord import METADATA_FILE, feature_spec
 from bert_jax.tokenizer import load_tokenizer
 from bert_jax.train_metrics import MetricsWriter
 
@@ -57,7 +61,7 @@ def corpus(tmp_path_factory):
 
 def prepare_args(corpus, vocab, output, seq_length):
     return dict(inputs=str(corpus), vocab=str(vocab), output_dir=str(output),
-                config=pdata.InstanceConfig(max_seq_length=seq_length, max_predictions_per_seq=LENGTHS[seq_length]),
+                config=InstanceConfig(max_seq_length=seq_length, max_predictions_per_seq=LENGTHS[seq_length]),
                 dupe_factor=1, seed=SEED)
 
 
@@ -67,7 +71,7 @@ def records(corpus, small_vocab_file, tmp_path_factory):
     out = {}
     for seq_length in LENGTHS:
         out[seq_length] = tmp_path_factory.mktemp(f"records{seq_length}")
-        pdata.prepare_pretraining_data(**prepare_args(corpus, small_vocab_file, out[seq_length], seq_length))
+        prepare_pretraining_data(**prepare_args(corpus, small_vocab_file, out[seq_length], seq_length))
     return out
 
 
@@ -159,7 +163,7 @@ def test_the_kind_of_input_is_found_from_content_not_names(records, corpus, tmp_
 
     # The writer's directory as it is: its pretraining_data.json beside the shards is not input.
     listed = text_reader.resolve_input_files(str(records[32]))
-    assert any(p.endswith(pdata.METADATA_FILE) for p in listed)
+    assert any(p.endswith(METADATA_FILE) for p in listed)
     assert tfrecord_input.input_format(listed) == ("tfrecord", shards(records[32]))
     assert tfrecord_input.input_format([str(corpus / "wiki_00")]) == ("text", [str(corpus / "wiki_00")])
 
@@ -192,10 +196,10 @@ def test_tfrecord_batches_are_the_records_with_the_text_pipelines_keys_dtypes_an
     batch = next(pretrain.make_input(config, config.phases[0], tokenizer=None, files=files, mesh=mesh, seed=0,
                                      train=False))
     # Unshuffled, the batch is the first 8 records of the first shard, as TensorFlow parses them.
-    spec = pdata.feature_spec(pdata.InstanceConfig(32, LENGTHS[32]))
+    spec = feature_spec(InstanceConfig(32, LENGTHS[32]))
     serialized = [r.numpy() for r in tf.data.TFRecordDataset(shards(records[32])[0]).take(8)]
     expected = tf.io.parse_example(serialized, spec)
-    for name in pretrain.FEATURES:
+    for name in FEATURES:
         want = expected[name].numpy().reshape(batch[name].shape)
         np.testing.assert_array_equal(batch[name], want, err_msg=name)
 
@@ -208,7 +212,7 @@ def test_tfrecord_batches_are_the_records_with_the_text_pipelines_keys_dtypes_an
 
 def test_packing_works_on_tfrecords_and_keeps_every_instance(records, small_vocab_file):
     """data.packing on TFRecords: each step's instances are the unpacked reader's, carried in packed rows."""
-    from bert_jax import packing
+    from bert_jax.data import packing
 
     config = pretrain.validate_config(tiny_config(small_vocab_file, records[32], records[64], **{"data.packing": True}))
     mesh = sharding.make_mesh({"data": -1})
@@ -243,7 +247,7 @@ def test_each_host_reads_a_disjoint_share_of_the_records(records):
         rows = np.concatenate([next(it)["input_ids"] for _ in range(4)])
         per_host.append({tuple(row) for row in rows})
     assert len(per_host[0]) == len(per_host[1]) == 64 and not per_host[0] & per_host[1]
-    ids = tf.io.parse_example(every, pdata.feature_spec(pdata.InstanceConfig(32, LENGTHS[32])))["input_ids"].numpy()
+    ids = tf.io.parse_example(every, feature_spec(InstanceConfig(32, LENGTHS[32])))["input_ids"].numpy()
     # Two shards, two hosts: host i reads shard i only (file i to process i % count, as for text).
     first_shard = {tuple(row) for row in ids[:sum(1 for _ in tf.data.TFRecordDataset(files[0]))]}
     assert per_host[0] <= first_shard and not per_host[1] & first_shard

@@ -1,4 +1,4 @@
-"""Instance generation of bert_jax.pretraining_data against SPEC.md §1.
+"""Instance generation of bert_jax.data.instances against SPEC.md §1.
 
 References: a literal transcription of Google's create_pretraining_data.py written here (on token
 strings, with its own random.Random), closed-form counts, and statistics on the shared Wikipedia dump.
@@ -15,8 +15,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bert_jax import pretraining_data as pdata
-from bert_jax import text_reader
+from bert_jax.data import text_reader
+from bert_jax.data.instances import (
+    GenerationStats,
+    InstanceConfig,
+    TrainingInstance,
+    VocabInfo,
+    create_instances_from_document,
+    create_masked_lm_predictions,
+    create_training_instances,
+    truncate_seq_pair,
+)
+from bert_jax.data.masking import mask_batch_tf, num_to_predict_table
+from bert_jax.data.offline_writer import prepare_pretraining_data, unit_seed
+from bert_jax.data.tfrecord import crc32c, feature_spec, read_metadata, serialize_instance, write_tfrecords
 from bert_jax.tokenizer import load_tokenizer
 
 WIKI = "../shared/data/wikipedia"
@@ -30,7 +42,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def vocab(tokenizer):
-    return pdata.VocabInfo.from_tokenizer(tokenizer)
+    return VocabInfo.from_tokenizer(tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +187,8 @@ def test_instances_equal_the_original_algorithm(tokenizer, vocab, wiki_docs, who
     docs = wiki_docs[:120]
     as_strings = [[tokenizer.convert_ids_to_tokens(s) for s in d] for d in docs]
     expected = ref_training_instances(as_strings, 2, random.Random(7), tokenizer.inv_vocab, whole_word)
-    config = pdata.InstanceConfig(whole_word_masking=whole_word)
-    got = pdata.create_training_instances(docs, config, vocab, random.Random(7), dupe_factor=2)
+    config = InstanceConfig(whole_word_masking=whole_word)
+    got = create_training_instances(docs, config, vocab, random.Random(7), dupe_factor=2)
     assert len(got) == len(expected) > 200
     for instance, (tokens, segment_ids, is_random_next, positions, labels) in zip(got, expected):
         assert tokenizer.convert_ids_to_tokens(instance.tokens) == tokens
@@ -210,7 +222,7 @@ def test_truncate_seq_pair_follows_the_rule():
     for _ in range(3000):
         len_a, len_b, budget = rng.randint(1, 90), rng.randint(1, 90), rng.randint(2, 125)
         a, b = list(range(len_a)), list(range(1000, 1000 + len_b))
-        removed = pdata.truncate_seq_pair(a, b, budget, rng)
+        removed = truncate_seq_pair(a, b, budget, rng)
         assert (len(a), len(b)) == expected_truncated_lengths(len_a, len_b, budget)
         assert removed == len_a + len_b - len(a) - len(b)
         # Only the ends are cut: what is left is a contiguous run of the original.
@@ -245,12 +257,12 @@ def unique_id_documents(num_docs=40, seed=0):
 
 def test_pairs_come_from_the_right_places(vocab):
     docs, origin = unique_id_documents()
-    config = pdata.InstanceConfig(max_seq_length=64)
-    stats = pdata.GenerationStats()
+    config = InstanceConfig(max_seq_length=64)
+    stats = GenerationStats()
     rng = random.Random(3)
     labels = collections.Counter()
     for index in range(len(docs)):
-        for instance in pdata.create_instances_from_document(docs, index, config, vocab, rng, mask=False, stats=stats):
+        for instance in create_instances_from_document(docs, index, config, vocab, rng, mask=False, stats=stats):
             tokens = instance.tokens
             first_sep = tokens.index(vocab.sep_id)
             a, b = tokens[1:first_sep], tokens[first_sep + 1 : -1]
@@ -280,11 +292,11 @@ def test_unused_sentences_are_put_back(vocab):
     """Every sentence of a document lands in some A segment (the chunk's unused sentences go back),
     when nothing is truncated away."""
     docs, origin = unique_id_documents(num_docs=30, seed=5)
-    config = pdata.InstanceConfig(max_seq_length=512, short_seq_prob=0.0)
+    config = InstanceConfig(max_seq_length=512, short_seq_prob=0.0)
     rng = random.Random(1)
     for index in range(len(docs)):
         seen = set()
-        for instance in pdata.create_instances_from_document(docs, index, config, vocab, rng, mask=False):
+        for instance in create_instances_from_document(docs, index, config, vocab, rng, mask=False):
             first_sep = instance.tokens.index(vocab.sep_id)
             seen.update(origin[t][1] for t in instance.tokens[1:first_sep])
             if not instance.is_random_next:
@@ -309,13 +321,13 @@ def _mask_statistics(instances, originals, vocab):
 
 
 def test_masking_counts_and_80_10_10(vocab, wiki_docs):
-    config = pdata.InstanceConfig()
-    unmasked = pdata.create_training_instances(wiki_docs, config, vocab, random.Random(11), dupe_factor=3, mask=False)
+    config = InstanceConfig()
+    unmasked = create_training_instances(wiki_docs, config, vocab, random.Random(11), dupe_factor=3, mask=False)
     rng = random.Random(12)
     masked = []
     for instance in unmasked:
-        tokens, positions, labels = pdata.create_masked_lm_predictions(instance.tokens, config, vocab, rng)
-        masked.append(pdata.TrainingInstance(tokens, instance.segment_ids, instance.is_random_next, positions, labels))
+        tokens, positions, labels = create_masked_lm_predictions(instance.tokens, config, vocab, rng)
+        masked.append(TrainingInstance(tokens, instance.segment_ids, instance.is_random_next, positions, labels))
         special = {i for i, t in enumerate(instance.tokens) if t in (vocab.cls_id, vocab.sep_id)}
         # The count formula of SPEC §1 (length counts [CLS]/[SEP]); special tokens never masked.
         assert len(positions) == config.num_to_predict(len(instance.tokens))
@@ -330,9 +342,9 @@ def test_masking_counts_and_80_10_10(vocab, wiki_docs):
 
 
 def test_num_to_predict_formula():
-    config = pdata.InstanceConfig()
+    config = InstanceConfig()
     assert [config.num_to_predict(n) for n in (0, 3, 6, 10, 30, 100, 128, 200)] == [1, 1, 1, 2, 4, 15, 19, 20]
-    assert pdata.num_to_predict_table(config).tolist() == [config.num_to_predict(n) for n in range(129)]
+    assert num_to_predict_table(config).tolist() == [config.num_to_predict(n) for n in range(129)]
 
 
 def _words(tokens, vocab):
@@ -349,12 +361,12 @@ def _words(tokens, vocab):
 
 
 def test_whole_word_masking_masks_whole_words(vocab, wiki_docs):
-    config = pdata.InstanceConfig(whole_word_masking=True)
-    unmasked = pdata.create_training_instances(wiki_docs, config, vocab, random.Random(2), mask=False)
+    config = InstanceConfig(whole_word_masking=True)
+    unmasked = create_training_instances(wiki_docs, config, vocab, random.Random(2), mask=False)
     rng = random.Random(3)
     multi_piece_words_masked = 0
     for instance in unmasked:
-        _, positions, _ = pdata.create_masked_lm_predictions(instance.tokens, config, vocab, rng)
+        _, positions, _ = create_masked_lm_predictions(instance.tokens, config, vocab, rng)
         chosen = set(positions)
         budget = config.num_to_predict(len(instance.tokens))
         assert len(chosen) <= budget
@@ -374,13 +386,13 @@ def test_whole_word_budget_skips_words_that_do_not_fit(vocab):
     """A word longer than the remaining budget is skipped, not cut (here: every word has 3 pieces)."""
     word = [2000, vocab.is_continuation.nonzero()[0][5], vocab.is_continuation.nonzero()[0][9]]
     tokens = [vocab.cls_id] + word * 4 + [vocab.sep_id] + word * 2 + [vocab.sep_id]  # 21 tokens -> 3 to mask
-    config = pdata.InstanceConfig(whole_word_masking=True, max_predictions_per_seq=2)  # budget 2 < 3 pieces
+    config = InstanceConfig(whole_word_masking=True, max_predictions_per_seq=2)  # budget 2 < 3 pieces
     for seed in range(20):
-        out, positions, labels = pdata.create_masked_lm_predictions(tokens, config, vocab, random.Random(seed))
+        out, positions, labels = create_masked_lm_predictions(tokens, config, vocab, random.Random(seed))
         assert positions == [] and out == tokens
-    config = pdata.InstanceConfig(whole_word_masking=True)
+    config = InstanceConfig(whole_word_masking=True)
     for seed in range(20):
-        _, positions, _ = pdata.create_masked_lm_predictions(tokens, config, vocab, random.Random(seed))
+        _, positions, _ = create_masked_lm_predictions(tokens, config, vocab, random.Random(seed))
         assert len(positions) == 3 and positions[2] - positions[0] == 2  # exactly one whole word
 
 
@@ -390,9 +402,9 @@ def test_whole_word_budget_skips_words_that_do_not_fit(vocab):
 
 
 def test_nsp_share_and_lengths_on_wikipedia(vocab, wiki_docs):
-    config = pdata.InstanceConfig()
-    stats = pdata.GenerationStats()
-    instances = pdata.create_training_instances(wiki_docs, config, vocab, random.Random(5), dupe_factor=4, stats=stats)
+    config = InstanceConfig()
+    stats = GenerationStats()
+    instances = create_training_instances(wiki_docs, config, vocab, random.Random(5), dupe_factor=4, stats=stats)
     share = np.mean([i.is_random_next for i in instances])
     # 50% by the coin, plus the one-sentence chunks that must take a random B: a bit above one half.
     assert 0.5 < share < 0.62
@@ -409,11 +421,11 @@ def test_nsp_share_and_lengths_on_wikipedia(vocab, wiki_docs):
 
 
 def test_serialized_instance_parses_back_with_tensorflow(vocab, wiki_docs):
-    config = pdata.InstanceConfig(max_seq_length=64, max_predictions_per_seq=10)
-    instances = pdata.create_training_instances(wiki_docs[:20], config, vocab, random.Random(1))
-    spec = pdata.feature_spec(config)
+    config = InstanceConfig(max_seq_length=64, max_predictions_per_seq=10)
+    instances = create_training_instances(wiki_docs[:20], config, vocab, random.Random(1))
+    spec = feature_spec(config)
     for instance in instances[:50]:
-        parsed = tf.io.parse_single_example(pdata.serialize_instance(instance, config), spec)
+        parsed = tf.io.parse_single_example(serialize_instance(instance, config), spec)
         n, m = len(instance.tokens), len(instance.masked_lm_positions)
         assert parsed["input_ids"].numpy().tolist() == instance.tokens + [0] * (64 - n)
         assert parsed["input_mask"].numpy().tolist() == [1] * n + [0] * (64 - n)
@@ -423,8 +435,8 @@ def test_serialized_instance_parses_back_with_tensorflow(vocab, wiki_docs):
         assert parsed["masked_lm_weights"].numpy().tolist() == [1.0] * m + [0.0] * (10 - m)
         assert parsed["next_sentence_labels"].numpy().tolist() == [int(instance.is_random_next)]
     # Large ids (beyond the precomputed varint table) encode too.
-    big = pdata.TrainingInstance([2, 5_000_000, 3, 200_000, 3], [0, 0, 0, 1, 1], False, [1], [5_000_000])
-    parsed = tf.io.parse_single_example(pdata.serialize_instance(big, config), spec)
+    big = TrainingInstance([2, 5_000_000, 3, 200_000, 3], [0, 0, 0, 1, 1], False, [1], [5_000_000])
+    parsed = tf.io.parse_single_example(serialize_instance(big, config), spec)
     assert parsed["input_ids"].numpy()[:5].tolist() == big.tokens
     assert parsed["masked_lm_ids"].numpy()[:1].tolist() == [5_000_000]
 
@@ -445,15 +457,15 @@ def _unmasked_batch(instances, seq):
 
 @pytest.mark.parametrize("whole_word", [False, True])
 def test_mask_op_eager_equals_tf_data_and_follows_the_rules(vocab, wiki_docs, whole_word):
-    config = pdata.InstanceConfig(whole_word_masking=whole_word)
-    instances = pdata.create_training_instances(wiki_docs, config, vocab, random.Random(4), mask=False)
+    config = InstanceConfig(whole_word_masking=whole_word)
+    instances = create_training_instances(wiki_docs, config, vocab, random.Random(4), mask=False)
     ids, lengths = _unmasked_batch(instances, config.max_seq_length)
     keys = np.arange(len(ids), dtype=np.int64) * 7 + 3
-    eager = pdata.mask_batch_tf(ids, lengths, keys, config=config, vocab=vocab, seed=99)
+    eager = mask_batch_tf(ids, lengths, keys, config=config, vocab=vocab, seed=99)
     eager = {k: v.numpy() for k, v in eager.items()}
 
     ds = tf.data.Dataset.from_tensor_slices({"ids": ids, "lengths": lengths, "keys": keys}).batch(37)
-    ds = ds.map(lambda b: pdata.mask_batch_tf(b["ids"], b["lengths"], b["keys"], config=config, vocab=vocab, seed=99))
+    ds = ds.map(lambda b: mask_batch_tf(b["ids"], b["lengths"], b["keys"], config=config, vocab=vocab, seed=99))
     batches = list(ds.as_numpy_iterator())
     in_data = {k: np.concatenate([b[k] for b in batches]) for k in eager}
     for name in eager:  # the same masks whatever the batching: they depend on (seed, key) only
@@ -474,7 +486,7 @@ def test_mask_op_eager_equals_tf_data_and_follows_the_rules(vocab, wiki_docs, wh
     chosen = np.zeros_like(ids, bool)
     chosen[np.broadcast_to(rows, positions.shape)[real], positions[real]] = True
     np.testing.assert_array_equal(eager["input_ids"][~chosen], ids[~chosen])
-    budgets = pdata.num_to_predict_table(config)[lengths]
+    budgets = num_to_predict_table(config)[lengths]
     if whole_word:
         assert (counts <= budgets).all()
         for row, instance in enumerate(instances):
@@ -498,16 +510,16 @@ def test_mask_op_eager_equals_tf_data_and_follows_the_rules(vocab, wiki_docs, wh
 
 def test_mask_op_matches_python_masking_in_distribution(vocab, wiki_docs):
     """Where masks land (relative position in the sequence) has the same distribution in both."""
-    config = pdata.InstanceConfig()
-    instances = pdata.create_training_instances(wiki_docs, config, vocab, random.Random(8), dupe_factor=2, mask=False)
+    config = InstanceConfig()
+    instances = create_training_instances(wiki_docs, config, vocab, random.Random(8), dupe_factor=2, mask=False)
     ids, lengths = _unmasked_batch(instances, config.max_seq_length)
-    out = pdata.mask_batch_tf(ids, lengths, np.arange(len(ids)), config=config, vocab=vocab, seed=5)
+    out = mask_batch_tf(ids, lengths, np.arange(len(ids)), config=config, vocab=vocab, seed=5)
     tf_relative = [p / lengths[r] for r, (pos, w) in enumerate(zip(out["masked_lm_positions"].numpy(),
                                                                    out["masked_lm_weights"].numpy()))
                    for p in pos[w > 0]]
     rng = random.Random(9)
     py_relative = [p / len(i.tokens) for i in instances
-                   for p in pdata.create_masked_lm_predictions(i.tokens, config, vocab, rng)[1]]
+                   for p in create_masked_lm_predictions(i.tokens, config, vocab, rng)[1]]
     assert len(tf_relative) == len(py_relative)  # the same counts, sequence by sequence
     hist_tf = np.histogram(tf_relative, bins=10, range=(0, 1))[0] / len(tf_relative)
     hist_py = np.histogram(py_relative, bins=10, range=(0, 1))[0] / len(py_relative)
@@ -518,12 +530,12 @@ def test_mask_op_whole_word_budget_skip(vocab):
     cont = vocab.is_continuation.nonzero()[0]
     word = [2000, cont[5], cont[9]]
     tokens = [vocab.cls_id] + word * 4 + [vocab.sep_id] + word * 2 + [vocab.sep_id]
-    ids, lengths = _unmasked_batch([pdata.TrainingInstance(tokens, [], False)] * 8, 32)
-    config = pdata.InstanceConfig(max_seq_length=32, whole_word_masking=True, max_predictions_per_seq=2)
-    out = pdata.mask_batch_tf(ids, lengths, np.arange(8), config=config, vocab=vocab, seed=1)
+    ids, lengths = _unmasked_batch([TrainingInstance(tokens, [], False)] * 8, 32)
+    config = InstanceConfig(max_seq_length=32, whole_word_masking=True, max_predictions_per_seq=2)
+    out = mask_batch_tf(ids, lengths, np.arange(8), config=config, vocab=vocab, seed=1)
     assert out["masked_lm_weights"].numpy().sum() == 0
-    config = pdata.InstanceConfig(max_seq_length=32, whole_word_masking=True)
-    out = pdata.mask_batch_tf(ids, lengths, np.arange(8), config=config, vocab=vocab, seed=1)
+    config = InstanceConfig(max_seq_length=32, whole_word_masking=True)
+    out = mask_batch_tf(ids, lengths, np.arange(8), config=config, vocab=vocab, seed=1)
     positions = out["masked_lm_positions"].numpy()[:, :3]
     assert (out["masked_lm_weights"].numpy().sum(1) == 3).all()
     assert (positions[:, 2] - positions[:, 0] == 2).all() and (ids[np.arange(8), positions[:, 0]] == 2000).all()
@@ -563,8 +575,8 @@ def small_corpus(tmp_path_factory):
 
 
 def test_writer_summary_and_records(tmp_path, small_corpus, tokenizer):
-    config = pdata.InstanceConfig()
-    summary = pdata.prepare_pretraining_data(str(small_corpus), VOCAB, str(tmp_path / "a"), config, dupe_factor=2, seed=3)
+    config = InstanceConfig()
+    summary = prepare_pretraining_data(str(small_corpus), VOCAB, str(tmp_path / "a"), config, dupe_factor=2, seed=3)
     records = _read_records(tmp_path / "a")
     assert len(records) == summary["instances"] > 500
     # Independent counts of the input: documents with text, and empty ones.
@@ -573,15 +585,15 @@ def test_writer_summary_and_records(tmp_path, small_corpus, tokenizer):
     assert summary["documents"] == len(docs)
     assert summary["skipped"] == {"empty documents": stats.skipped["empty documents"]}
     assert summary["sentences"] == sum(len([s for s in d.sentences if tokenizer.token_ids(s)]) for d in docs)
-    metadata = pdata.read_metadata(str(tmp_path / "a"))
+    metadata = read_metadata(str(tmp_path / "a"))
     assert metadata["config"]["max_seq_length"] == 128 and metadata["summary"]["instances"] == summary["instances"]
     # Reproducible for a seed; another seed gives other instances.
-    pdata.prepare_pretraining_data(str(small_corpus), VOCAB, str(tmp_path / "b"), config, dupe_factor=2, seed=3)
+    prepare_pretraining_data(str(small_corpus), VOCAB, str(tmp_path / "b"), config, dupe_factor=2, seed=3)
     assert _read_records(tmp_path / "b") == records
-    pdata.prepare_pretraining_data(str(small_corpus), VOCAB, str(tmp_path / "c"), config, dupe_factor=2, seed=4)
+    prepare_pretraining_data(str(small_corpus), VOCAB, str(tmp_path / "c"), config, dupe_factor=2, seed=4)
     assert _read_records(tmp_path / "c") != records
     # The records parse with the original feature spec and satisfy the layout rules.
-    parsed = tf.io.parse_example(records, pdata.feature_spec(config))
+    parsed = tf.io.parse_example(records, feature_spec(config))
     ids, seg, mask = (parsed[k].numpy() for k in ("input_ids", "segment_ids", "input_mask"))
     for row in range(len(records)):
         n = int(mask[row].sum())
@@ -595,13 +607,13 @@ def test_writer_summary_and_records(tmp_path, small_corpus, tokenizer):
 def test_tfrecord_framing_is_what_tensorflow_reads(tmp_path):
     """CRC-32C against its published check value; records written without TensorFlow read back with
     tf.data, which verifies both CRCs of every record (a flipped byte is caught)."""
-    assert pdata.crc32c([b"123456789", b""]).tolist() == [0xE3069283, 0]
+    assert crc32c([b"123456789", b""]).tolist() == [0xE3069283, 0]
     rng = random.Random(0)
     records = [rng.randbytes(rng.choice([0, 1, 127, 128, 300, 5000])) for _ in range(300)]
     path = tmp_path / "r.tfrecord"
     with open(path, "wb") as f:
-        pdata.write_tfrecords(f, records[:100])
-        pdata.write_tfrecords(f, records[100:])
+        write_tfrecords(f, records[:100])
+        write_tfrecords(f, records[100:])
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == records
     damaged = bytearray(path.read_bytes())
     damaged[len(damaged) // 2] ^= 0x10
@@ -613,13 +625,13 @@ def test_tfrecord_framing_is_what_tensorflow_reads(tmp_path):
 def test_writer_one_file_equals_the_original(tmp_path, tokenizer, vocab):
     """A file smaller than one block: exactly the original algorithm run on it with the file's seed."""
     path = _first_documents(os.path.join(WIKI, "wiki_08"), tmp_path / "one", 120)
-    config = pdata.InstanceConfig(max_seq_length=64, max_predictions_per_seq=10)
-    pdata.prepare_pretraining_data(path, VOCAB, str(tmp_path / "out"), config, dupe_factor=2, seed=21)
+    config = InstanceConfig(max_seq_length=64, max_predictions_per_seq=10)
+    prepare_pretraining_data(path, VOCAB, str(tmp_path / "out"), config, dupe_factor=2, seed=21)
     docs = [[tokenizer.token_ids(s) for s in d.sentences] for d in text_reader.iter_file_documents(path)]
     docs = [[s for s in d if s] for d in docs]
-    rng = random.Random(pdata.unit_seed(21, 0))
-    expected = [pdata.serialize_instance(i, config)
-                for i in pdata.create_training_instances(docs, config, vocab, rng, dupe_factor=2)]
+    rng = random.Random(unit_seed(21, 0))
+    expected = [serialize_instance(i, config)
+                for i in create_training_instances(docs, config, vocab, rng, dupe_factor=2)]
     assert _read_records(tmp_path / "out") == expected
 
 
@@ -635,8 +647,8 @@ def test_writer_bad_input_is_counted(tmp_path):
         + b" ".join([b"long"] * 400) + b"\nshort tail.\n\n"
         b"\x01\x02\n\n"  # control characters only: no tokens
     )
-    config = pdata.InstanceConfig(max_seq_length=64, max_predictions_per_seq=10)
-    summary = pdata.prepare_pretraining_data(str(corpus), VOCAB, str(tmp_path / "out"), config, dupe_factor=1, seed=0)
+    config = InstanceConfig(max_seq_length=64, max_predictions_per_seq=10)
+    summary = prepare_pretraining_data(str(corpus), VOCAB, str(tmp_path / "out"), config, dupe_factor=1, seed=0)
     gen = summary["generation"]
     assert summary["skipped"] == {"files without any document": 1, "non-UTF-8 lines": 1,
                                   "sentences without tokens": 1, "documents without tokens": 1,
@@ -649,15 +661,15 @@ def test_writer_bad_input_is_counted(tmp_path):
 
 def test_writer_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
-        pdata.prepare_pretraining_data(str(tmp_path / "no_such_dir"), VOCAB, str(tmp_path / "o"))
+        prepare_pretraining_data(str(tmp_path / "no_such_dir"), VOCAB, str(tmp_path / "o"))
     (tmp_path / "blank.txt").write_text("\n\n")
     with pytest.raises(ValueError, match="blank.txt"):
-        pdata.prepare_pretraining_data(str(tmp_path / "blank.txt"), VOCAB, str(tmp_path / "o"))
+        prepare_pretraining_data(str(tmp_path / "blank.txt"), VOCAB, str(tmp_path / "o"))
     bad_vocab = tmp_path / "vocab.txt"
     bad_vocab.write_text("hello\nworld\n[UNK]\n")
     (tmp_path / "t.txt").write_text("Some text.\nMore text.\n")
     with pytest.raises(ValueError, match=r"vocab\.txt.*\[PAD\]"):
-        pdata.prepare_pretraining_data(str(tmp_path / "t.txt"), str(bad_vocab), str(tmp_path / "o"))
+        prepare_pretraining_data(str(tmp_path / "t.txt"), str(bad_vocab), str(tmp_path / "o"))
 
 
 def test_command_with_workers_prints_json_and_matches_one_worker(tmp_path):
@@ -666,8 +678,8 @@ def test_command_with_workers_prints_json_and_matches_one_worker(tmp_path):
     corpus.mkdir()
     for name in ("wiki_10", "wiki_11"):
         _first_documents(os.path.join(WIKI, name), corpus / name, 60)
-    in_process = pdata.prepare_pretraining_data(str(corpus), VOCAB, str(tmp_path / "one"),
-                                                pdata.InstanceConfig(), dupe_factor=1, seed=9)
+    in_process = prepare_pretraining_data(str(corpus), VOCAB, str(tmp_path / "one"),
+                                                InstanceConfig(), dupe_factor=1, seed=9)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
         [sys.executable, "-m", "bert_jax", "prepare-pretraining-data", f"--input={corpus}/wiki_*",

@@ -1,4 +1,4 @@
-"""Readers and sentence splitter of bert_jax.text_reader, on hand-made files and the shared Wikipedia dump."""
+"""Readers and sentence splitter of bert_jax.data.text_reader, on hand-made files and the shared Wikipedia dump."""
 
 import gzip
 import os
@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from bert_jax import text_reader
+from bert_jax.data import text_reader
 
 WIKI = "../shared/data/wikipedia"
 

@@ -7,7 +7,7 @@ r"""Write masked NSP pretraining instances as sharded TFRecords (Google's create
 One output shard per input file (`part-XXXXX-of-NNNNN.tfrecord`, in parallel over files) and
 `pretraining_data.json` (settings + summary). Input files may be in the original format (one sentence per
 line, blank line between documents), paragraph-per-line text, or WikiExtractor output (see
-bert_jax/text_reader.py); `.gz`, globs and directories work. Files are read in blocks of --block-chars
+bert_jax/data/text_reader.py); `.gz`, globs and directories work. Files are read in blocks of --block-chars
 characters, so memory stays bounded on any corpus; random-next segments come from the same block.
 
 An --output directory that holds an earlier run's shards is refused (their shards would mix with the new
@@ -15,7 +15,7 @@ ones); --overwrite removes those files (part-*-of-*.tfrecord, pretraining_data.j
 many. A run that fails (e.g. on a truncated .gz input, named in the error) leaves none of its shards behind.
 
 Prints a human summary, then one line `SUMMARY_JSON {...}` with documents, sentences, instances and what
-was skipped and why. Read the records with `input_pipeline.make_pretraining_dataset(mode='offline')`.
+was skipped and why. Read the records with bert_jax.data.pipeline (`PipelineSpec(mode='offline', ...)`).
 """
 
 import json
@@ -23,7 +23,9 @@ import os
 
 from absl import flags
 
-from bert_jax import pretraining_data
+from bert_jax.data import text_reader
+from bert_jax.data.instances import InstanceConfig
+from bert_jax.data.offline_writer import describe_summary, prepare_pretraining_data
 
 FLAGS = flags.FLAGS
 
@@ -42,7 +44,7 @@ flags.DEFINE_integer("num-workers", os.cpu_count() or 1, "worker processes, each
 flags.DEFINE_bool("lower-case", None, "lower-case the text (--lower-case / --nolower-case; --cased is the opposite); "
                   "default: from the tokenizer directory's config, else inferred from the vocabulary")
 flags.DEFINE_bool("cased", None, "keep case (the same as --nolower-case)")
-flags.DEFINE_enum("text-format", "auto", list(pretraining_data.text_reader.FORMATS),
+flags.DEFINE_enum("text-format", "auto", list(text_reader.FORMATS),
                   "input format; auto: WikiExtractor if the file starts with <doc, else one sentence per line")
 flags.DEFINE_integer("block-chars", 4_000_000, "characters of text per block (memory bound; random-next pool)")
 flags.DEFINE_bool("overwrite", False, "if --output holds an earlier run's shards (part-*-of-*.tfrecord) and "
@@ -62,7 +64,7 @@ def main(argv):
         if lower_case is not None and lower_case == _flag("cased"):
             raise SystemExit("--lower-case and --cased contradict each other")
         lower_case = not _flag("cased")
-    config = pretraining_data.InstanceConfig(
+    config = InstanceConfig(
         max_seq_length=_flag("max-seq-length"),
         max_predictions_per_seq=_flag("max-predictions-per-seq"),
         masked_lm_prob=_flag("masked-lm-prob"),
@@ -70,11 +72,11 @@ def main(argv):
         whole_word_masking=_flag("whole-word-masking"),
     )
     # A ValueError / OSError (missing or corrupt input, a reused --output) is one line (bert_jax/__main__.py).
-    summary = pretraining_data.prepare_pretraining_data(
+    summary = prepare_pretraining_data(
         _flag("input"), _flag("vocab"), _flag("output"), config,
         dupe_factor=_flag("dupe-factor"), seed=_flag("seed"), num_workers=_flag("num-workers"),
         lower_case=lower_case, text_format=_flag("text-format"), block_chars=_flag("block-chars"),
         overwrite=_flag("overwrite"),
     )
-    print(pretraining_data.describe_summary(summary))
+    print(describe_summary(summary))
     print("SUMMARY_JSON " + json.dumps(summary, sort_keys=True))

@@ -31,8 +31,8 @@ from typing import Iterator, Mapping, Optional
 
 import numpy as np
 
-NEEDED = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids", "masked_lm_weights",
-          "next_sentence_labels")
+from bert_jax.data.features import FEATURES
+
 ROWS_MARGIN = 1.15  # spare rows over what the first batch needs: later batches vary in their instances' lengths
 
 
@@ -44,9 +44,10 @@ def default_max_predictions(max_predictions: int, max_instances: int) -> int:
 
 def check_instances(batch: Mapping[str, np.ndarray], row_length: int, key: str = "data.packing") -> None:
     """The instances carry every feature packing needs and fit a row (a ValueError naming `key` otherwise)."""
-    missing = [name for name in NEEDED if name not in batch]
+    missing = [name for name in FEATURES if name not in batch]
     if missing:
-        raise ValueError(f"config.{key}: the instances have no {', '.join(missing)} (packing needs {', '.join(NEEDED)})")
+        raise ValueError(f"config.{key}: the instances have no {', '.join(missing)} "
+                         f"(packing needs {', '.join(FEATURES)})")
     length = np.shape(batch["input_ids"])[1]
     if length > row_length:
         raise ValueError(f"config.data.packing_row_length={row_length}: shorter than the instances ({length} tokens); "

@@ -7,10 +7,11 @@
     it = make_iterator(files, batch_size=..., seq_length=..., ...)         # resumable numpy batches
 
 Telling the kinds apart. A TFRecord file starts with a record: uint64 length, the masked CRC-32C of those 8
-bytes, the data, the masked CRC-32C of the data. Both CRCs of the first record matching is a test no text
-passes by chance (2^-64), so the file's name plays no part. Empty files go with either kind.
+bytes, the data, the masked CRC-32C of the data (bert_jax/data/tfrecord.py). Both CRCs of the first record
+matching is a test no text passes by chance (2^-64), so the file's name plays no part. Empty files go with
+either kind.
 
-Reading. The records go through input_pipeline's offline mode (`PretrainingIterator(mode='offline')`):
+Reading. The records go through the pipeline's offline mode (bert_jax/data/pipeline.py, `mode='offline'`):
 per-host disjoint shards (file i to process i % count, or records dealt by ordinal when there are fewer files
 than processes), records shuffled in seeded blocks, and a position of a few integers (block start, records
 consumed) that the trainer stores in every checkpoint, so a resumed run reads exactly the records the
@@ -29,68 +30,19 @@ import dataclasses
 import functools
 import gzip
 import os
-import struct
 from collections.abc import Sequence
 
-from bert_jax import pretraining_data
+from bert_jax.data.features import FEATURES
+from bert_jax.data.pipeline import PipelineSpec, PretrainingIterator
+from bert_jax.data.tfrecord import HEADER_BYTES, METADATA_FILE, first_record, is_record_header, read_metadata
 
 KINDS = ("tfrecord", "text", "empty")
 FORMATS = ("auto", "text", "tfrecord")
-_HEADER = 12  # uint64 length + uint32 masked CRC of the length
 _GZIP_MAGIC = b"\x1f\x8b"
-
-# ----------------------------------------------------------------------------------------------------
-# CRC-32C (Castagnoli), as the TFRecord framing uses it
-# ----------------------------------------------------------------------------------------------------
-
-
-def _crc32c_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_TABLE = _crc32c_table()
-
-
-def masked_crc32c(data: bytes) -> int:
-    """The TFRecord checksum of `data`: CRC-32C, rotated right by 15 bits, plus a constant.
-
-    Plain Python over one record per file (a few KB) costs well under a millisecond; pretraining_data.crc32c
-    is the vectorised one for writing many records."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    crc ^= 0xFFFFFFFF
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
 
 # ----------------------------------------------------------------------------------------------------
 # What a file is
 # ----------------------------------------------------------------------------------------------------
-
-
-def _first_record(f, size: int) -> bytes | None:
-    """The data of the record at the start of the open file `f`, or None if the bytes are not a TFRecord
-    header (its length CRC does not match). ValueError when the header matches but the record is damaged."""
-    header = f.read(_HEADER)
-    if len(header) < _HEADER:
-        return None
-    (length,) = struct.unpack("<Q", header[:8])
-    (length_crc,) = struct.unpack("<I", header[8:])
-    if masked_crc32c(header[:8]) != length_crc:
-        return None
-    if length > size - _HEADER - 4:
-        raise ValueError(f"a TFRecord file whose first record is cut short ({length} bytes announced)")
-    data = f.read(length)
-    footer = f.read(4)
-    if len(footer) < 4 or masked_crc32c(data) != struct.unpack("<I", footer)[0]:
-        raise ValueError("a TFRecord file whose first record is damaged (its data CRC does not match)")
-    return data
 
 
 def file_kind(path: str) -> str:
@@ -106,7 +58,7 @@ def file_kind(path: str) -> str:
             if f.read(2) == _GZIP_MAGIC:
                 return _gzip_kind(path)
             f.seek(0)
-            return "text" if _first_record(f, size) is None else "tfrecord"
+            return "text" if first_record(f, size) is None else "tfrecord"
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 
@@ -114,10 +66,10 @@ def file_kind(path: str) -> str:
 def _gzip_kind(path: str) -> str:
     try:
         with gzip.open(path, "rb") as f:
-            head = f.read(_HEADER)
+            head = f.read(HEADER_BYTES)
     except (OSError, EOFError):
         return "text"  # a corrupt .gz: the text reader reports it, naming the file
-    if len(head) == _HEADER and masked_crc32c(head[:8]) == struct.unpack("<I", head[8:])[0]:
+    if is_record_header(head):
         raise ValueError(f"{path}: gzip-compressed TFRecords cannot be read (a resumed run seeks into the file); "
                          f"decompress them first (gunzip)")
     return "text"
@@ -168,7 +120,7 @@ def input_format(files: Sequence[str], forced: str = "auto",
 
 
 def _is_writer_metadata(path: str, kind: str, record_dirs: set) -> bool:
-    return (kind == "text" and os.path.basename(path) == pretraining_data.METADATA_FILE
+    return (kind == "text" and os.path.basename(path) == METADATA_FILE
             and os.path.dirname(path) in record_dirs)
 
 
@@ -192,8 +144,7 @@ class RecordsInfo:
         return dataclasses.asdict(self)
 
 
-_INT_FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
-                 "next_sentence_labels")
+_INT_FEATURES = tuple(name for name in FEATURES if name != "masked_lm_weights")
 
 
 def check_records(files: Sequence[str], *, seq_length: int, max_predictions: int, vocab_size: int | None,
@@ -207,7 +158,7 @@ def check_records(files: Sequence[str], *, seq_length: int, max_predictions: int
     for path in files:
         with open(path, "rb") as f:
             try:
-                record = _first_record(f, os.path.getsize(path))
+                record = first_record(f, os.path.getsize(path))
             except ValueError as e:
                 raise ValueError(f"{key}: {path}: {e}") from None
         if record is None:
@@ -225,10 +176,10 @@ def check_records(files: Sequence[str], *, seq_length: int, max_predictions: int
 
 
 def _check_features(features, path, seq_length, max_predictions, vocab_size, where, key) -> None:
-    missing = [name for name in pretraining_data.FEATURE_NAMES if name not in features]
+    missing = [name for name in FEATURES if name not in features]
     if missing:
         raise ValueError(f"{key}: {path}: the records lack the feature(s) {missing} (the original pretraining "
-                         f"layout has {list(pretraining_data.FEATURE_NAMES)})")
+                         f"layout has {list(FEATURES)})")
     for name in _INT_FEATURES:
         if features[name].WhichOneof("kind") != "int64_list":
             raise ValueError(f"{key}: {path}: feature {name!r} is a {features[name].WhichOneof('kind')}, "
@@ -262,10 +213,10 @@ def _check_features(features, path, seq_length, max_predictions, vocab_size, whe
 
 def _check_metadata(directories: Sequence[str], vocab_size: int | None, key: str) -> None:
     for directory in directories:
-        metadata = pretraining_data.read_metadata(directory)
+        metadata = read_metadata(directory)
         written = metadata.get("vocab_size") if metadata else None
         if vocab_size and written and written != vocab_size:
-            raise ValueError(f"{key}: {os.path.join(directory, pretraining_data.METADATA_FILE)}: the records were "
+            raise ValueError(f"{key}: {os.path.join(directory, METADATA_FILE)}: the records were "
                              f"written with a vocabulary of {written} tokens, config.data.vocab_file has "
                              f"{vocab_size}")
 
@@ -276,7 +227,7 @@ def _counted_records(files: Sequence[str], directories: Sequence[str]) -> int | 
     given = {os.path.abspath(p) for p in files}
     total = 0
     for directory in directories:
-        metadata = pretraining_data.read_metadata(directory) or {}
+        metadata = read_metadata(directory) or {}
         listed = {os.path.join(directory, name) for name in metadata.get("files", [])}
         if not listed or listed != {p for p in given if os.path.dirname(p) == directory}:
             return None
@@ -290,12 +241,10 @@ def _counted_records(files: Sequence[str], directories: Sequence[str]) -> int | 
 
 
 def make_iterator(files: Sequence[str], *, batch_size: int, seq_length: int, max_predictions: int, seed: int,
-                  process_index: int, process_count: int, shuffle: bool):
-    """This process's batches of the records (input_pipeline.PretrainingIterator in offline mode): numpy dicts
-    of the seven features, endless (epoch after epoch), with get_state()/set_state() for checkpoints."""
-    from bert_jax.input_pipeline import PretrainingIterator
-
-    return PretrainingIterator(input_pattern=list(files), mode="offline", batch_size=batch_size,
-                               max_seq_length=seq_length, max_predictions_per_seq=max_predictions, seed=seed,
-                               process_index=process_index, process_count=process_count, repeat=True,
-                               shuffle=shuffle)
+                  process_index: int, process_count: int, shuffle: bool) -> PretrainingIterator:
+    """This process's batches of the records (the pipeline in offline mode): numpy dicts of the seven
+    features, endless (epoch after epoch), with get_state()/set_state() for checkpoints."""
+    spec = PipelineSpec(input_pattern=tuple(files), mode="offline", batch_size=batch_size, max_seq_length=seq_length,
+                        max_predictions_per_seq=max_predictions, seed=seed, process_index=process_index,
+                        process_count=process_count, repeat=True, shuffle=shuffle)
+    return PretrainingIterator(spec)

@@ -20,7 +20,7 @@ byte for byte on every run and host. Markup is cleaned so the text reads as pros
 emphasis, directives, headings and footnote marks are stripped; wrapped lines are joined. Paragraphs
 repeated verbatim (say `io` and `_pyio`) are kept once.
 
-Size on CPython 3.11.7 (`python -m bert_jax.builtin_corpus /tmp/corpus` prints it): 1,254 documents,
+Size on CPython 3.11.7 (`python -m bert_jax.data.builtin_corpus /tmp/corpus` prints it): 1,254 documents,
 21,182 sentences, 278,332 words, 1.72 MB in 4 files, of which the language reference is 68 documents and
 42k words. That is what CPython's own prose amounts to once the code is removed; other 3.x versions
 differ by some percent. Building it takes 7-10 s on one CPU core, mostly `ast.parse`; `max_documents`
@@ -48,7 +48,7 @@ import sysconfig
 import warnings
 from typing import Iterable, Iterator, Optional
 
-from bert_jax.text_reader import split_sentences
+from bert_jax.data.text_reader import split_sentences
 
 FORMAT_VERSION = 2  # bump when the cleaning changes, so cached corpora are rebuilt
 _MANIFEST = "builtin_corpus.json"
@@ -539,7 +539,7 @@ def _read_manifest(directory: str, key: dict) -> Optional[list[str]]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m bert_jax.builtin_corpus OUTPUT_DIR", file=sys.stderr)
+        print("usage: python -m bert_jax.data.builtin_corpus OUTPUT_DIR", file=sys.stderr)
         return 2
     paths = write_corpus(argv[1])
     stats = corpus_stats(paths)

@@ -183,12 +183,20 @@ class ReadStats:
 # ----------------------------------------------------------------------------------------------------
 
 
-def resolve_input_files(inputs: str | Sequence[str]) -> list[str]:
-    """Expands files, globs, directories and comma-separated lists into a sorted, de-duplicated file list.
+def resolve_input_files(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Expands files, globs, directories and comma-separated lists into a de-duplicated file list, in order.
 
-    Raises FileNotFoundError naming the first path or glob that matches nothing.
+    A string is split at commas; a sequence is taken item by item (an item is not split, so a path may hold a
+    comma). A glob gives the files it matches, sorted (directories it matches are not walked); a directory gives
+    every non-hidden file below it, sorted by path. Every caller (the pretraining pipelines, the offline
+    writer, tokenizer training) resolves its inputs here.
+
+    Raises FileNotFoundError naming the first path, glob or directory that gives no file.
     """
-    entries = inputs.split(",") if isinstance(inputs, str) else list(inputs)
+    if isinstance(inputs, (str, os.PathLike)):
+        entries = os.fspath(inputs).split(",") if isinstance(inputs, str) else [os.fspath(inputs)]
+    else:
+        entries = [os.fspath(e) for e in inputs]
     files: list[str] = []
     for entry in (e.strip() for e in entries):
         if not entry:
