@@ -51,7 +51,8 @@ Sequence packing (--config.data.packing=True, off by default; bert_jax/data/pack
 batch_size instances in fewer rows of seq_length tokens, up to data.packing_max_instances (4) per row, each
 attending only to itself: a phase of batch 256 at 512 tokens stays 256 instances per step (the learning rate keeps
 its meaning) but runs in the rows the first batch's instances fill plus 15% (at 512 on Wikipedia, where 40% of
-the tokens are real, 8 instances took 5 rows), kept for the phase (data.packing_rows fixes them). The losses equal those of the unpacked instances.
+the tokens are real, 8 instances took 5 rows), kept for the phase (data.packing_rows fixes them). The losses equal
+those of the unpacked instances.
 """
 
 from bert_jax import config_args

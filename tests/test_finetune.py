@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from bert_jax import finetune, finetune_data, heads, predict
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 GLUE = SHARED_DATA / "glue"
@@ -88,13 +88,17 @@ def tiny_model(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
+# The config file of each task (a GLUE task's otherwise), loaded with its `tiny` modifier by tiny_config.
+CONFIG_FILES = {"squad_v1.1": "configs/squad.py:v1.1", "conll2003": "configs/ner.py:conll2003",
+                "swag": "configs/swag.py:swag", "classify": "configs/classify.py:classification"}
+
+
 def tiny_config(task: str, init_checkpoint, **data):
-    """A run that memorises 32 examples: one batch per epoch for 24 epochs at lr 2e-3, evaluation twice."""
-    config = finetune.default_config()
-    config.task.name = task
+    """The task's config file with `tiny` (32 training examples of at most 64 tokens) made a run that memorises
+    them: one batch per epoch for 24 epochs at lr 2e-3, evaluation twice (of up to 48 examples)."""
+    config = load_config(CONFIG_FILES.get(task, f"configs/glue.py:{task}") + ",tiny")
     config.init_checkpoint = str(init_checkpoint)
-    config.data.max_seq_length = 64
-    config.data.max_train_examples = 32
+    config.data.source = ""  # not TFDS: each test gives its files (data.source, or data.train and data.dev)
     config.data.max_eval_examples = 48
     for key, value in data.items():
         config.data[key] = value
@@ -150,7 +154,7 @@ def sst2_run(tiny_model, tmp_path_factory, compilation_cache):
         ("optimizer", ("learning_rate",)),
         ("train", ("batch_size", "num_steps", "eval_every", "log_every", "eval_batch_size", "tensorboard")))
         for key in keys}
-    result = run_cli("finetune", "--config", "configs/glue.py:sst2", "--workdir", str(workdir),
+    result = run_cli("finetune", "--config", "configs/glue.py:sst2,tiny", "--workdir", str(workdir),
                      f"--compilation_cache={compilation_cache}", f"--config.init_checkpoint={tiny_model}",
                      f"--config.data.source={GLUE / 'SST-2'}",
                      f"--config.data.test={test_file}", *(f"--config.{k}={v}" for k, v in overrides.items()))
@@ -605,8 +609,8 @@ def test_init_from_a_pretraining_workdir_checkpoint(small_vocab_file, tmp_path):
 
     workdir = tmp_path / "pretraining"
     workdir.mkdir()
-    config = pretrain.default_config()
-    config.model.size = "tiny"
+    config = load_config("configs/pretrain.py:base,tiny")
+    config.model.dtype = "float32"
     config.data.input_files = str(tmp_path / "unused.txt")
     config.data.vocab_file = str(small_vocab_file)
     config.phases = (dict(fraction=1.0, seq_length=32, batch_size=8, max_predictions=5),)

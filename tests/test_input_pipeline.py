@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from conftest import wiki_corpus
 
 from bert_jax.data import pipeline as ip
 from bert_jax.data import text_reader
@@ -34,17 +35,6 @@ VOCAB = "../shared/data/vocab/bert-base-uncased-vocab.txt"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _first_documents(src, dst, count):
-    with open(src, encoding="utf-8") as f:
-        text = f.read()
-    end = 0
-    for _ in range(count):
-        end = text.index("</doc>\n", end) + len("</doc>\n")
-    with open(dst, "w", encoding="utf-8") as f:
-        f.write(text[:end])
-    return str(dst)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer(VOCAB)
@@ -53,10 +43,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Three WikiExtractor files with the first 200 articles of wiki_12..14 (260 of them have text)."""
-    directory = tmp_path_factory.mktemp("wiki")
-    for name in ("wiki_12", "wiki_13", "wiki_14"):
-        _first_documents(os.path.join(WIKI, name), directory / name, 200)
-    return directory
+    return wiki_corpus(tmp_path_factory.mktemp("wiki"), ("wiki_12", "wiki_13", "wiki_14"), 200)
 
 
 @pytest.fixture(scope="module")

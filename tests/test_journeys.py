@@ -1,9 +1,9 @@
 """Journeys through the command line, each command's output handed as it is to the next one (no manual fixing):
 
-(c) `pretrain` on a text file -> `finetune` (configs/classify.py) from that pretraining workdir -> `predict` on
+(c) `pretrain` on a text file -> `finetune` (configs/classify.py:tiny) from that pretraining workdir -> `predict` on
     new rows -> `export-hf` -> transformers loads the export (model and tokenizer) and predicts the same labels,
     with the same logits as the bert_jax model;
-(d) `convert` a Hugging Face directory -> `finetune` SQuAD v1.1 (configs/squad.py) on dev articles ->
+(d) `convert` a Hugging Face directory -> `finetune` SQuAD v1.1 (configs/squad.py:v1.1,tiny) on dev articles ->
     `evaluate-squad` on the predictions file it wrote gives the EM / F1 that finetune reported.
 
 Tiny models (L2), 64-token sequences and a few dozen steps: the commands' start-up and compilation dominate.
@@ -109,22 +109,21 @@ def test_pretrain_finetune_predict_export_then_transformers(tmp_path):
 
     # 1. pretrain on the text file, with its vocabulary.
     pretraining = tmp_path / "pretraining"
-    run_cli("pretrain", "--config=configs/pretrain.py:tiny", f"--workdir={pretraining}",
+    run_cli("pretrain", "--config=configs/pretrain.py:base,tiny", f"--workdir={pretraining}",
             f"--config.data.input_files={tmp_path / 'corpus.txt'}", f"--config.data.vocab_file={tmp_path / 'vocab.txt'}",
-            "--config.data.dupe_factor=1", "--config.model.dtype=float32", "--config.model.max_position_embeddings=64",
+            "--config.model.dtype=float32",
             "--config.phases=({'fraction': 1.0, 'seq_length': 64, 'batch_size': 8, 'max_predictions': 10},)",
-            "--config.train.num_steps=8", "--config.optimizer.warmup_steps=2", "--config.train.log_every=4",
-            "--config.train.checkpoint_every=8", "--config.train.eval_every=0", "--config.train.tensorboard=False",
-            fast_compile=True)
+            "--config.train.num_steps=8", "--config.train.log_every=4", "--config.train.checkpoint_every=8",
+            "--config.train.eval_every=0", "--config.train.tensorboard=False", fast_compile=True)
     losses = [r["loss"] for r in metrics_records(pretraining) if "loss" in r]
     assert len(losses) == 2 and np.isfinite(losses).all(), losses
     assert (pretraining / "checkpoints" / "8").is_dir()
 
     # 2. finetune from that pretraining workdir (its checkpoint, its vocabulary) on the CSV folder.
     finetuning = tmp_path / "finetuning"
-    out = run_cli("finetune", "--config=configs/classify.py", f"--workdir={finetuning}",
+    out = run_cli("finetune", "--config=configs/classify.py:tiny", f"--workdir={finetuning}",
                   f"--config.init_checkpoint={pretraining}", f"--config.data.source={data}",
-                  "--config.data.max_seq_length=64", "--config.optimizer.learning_rate=1e-3",
+                  "--config.optimizer.learning_rate=1e-3",
                   "--config.train.batch_size=32", "--config.train.num_steps=16", "--config.train.eval_every=16",
                   "--config.train.log_every=4", "--config.train.eval_batch_size=16", "--config.train.tensorboard=False",
                   fast_compile=True)
@@ -230,9 +229,9 @@ def test_convert_finetune_squad_then_evaluate_squad(tmp_path):
 
     # 2. finetune SQuAD v1.1 from the converted directory on the folder.
     workdir = tmp_path / "finetuning"
-    out = run_cli("finetune", "--config=configs/squad.py:v1.1", f"--workdir={workdir}",
+    out = run_cli("finetune", "--config=configs/squad.py:v1.1,tiny", f"--workdir={workdir}",
                   f"--config.init_checkpoint={converted}", f"--config.data.source={squad}",
-                  "--config.data.max_seq_length=64", "--config.data.doc_stride=32", "--config.data.max_query_length=16",
+                  "--config.data.max_train_examples=0",  # every training question (tiny keeps the first 32)
                   "--config.optimizer.learning_rate=1e-3", "--config.train.batch_size=32",
                   "--config.train.num_steps=12", "--config.train.eval_every=12", "--config.train.log_every=4",
                   "--config.train.eval_batch_size=64", "--config.train.tensorboard=False", fast_compile=True)

@@ -9,7 +9,6 @@ are errors naming the key before anything compiles.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_config, logged
 
 from bert_jax import pretrain
 from bert_jax.data import packing
@@ -167,19 +167,16 @@ def test_no_attention_crosses_an_instance_boundary():
 
 
 def text_config(corpus, **train):
-    c = pretrain.default_config()
-    c.model.size = "tiny"
-    c.model.max_position_embeddings = 64
+    c = load_config("configs/pretrain.py:base,tiny")
+    c.model.dtype = "float32"
     c.data.input_files = str(corpus)
     c.data.vocab_file = VOCAB
     c.data.short_seq_prob = 0.9  # mostly short instances: something to pack
-    c.data.dupe_factor = 1
     c.data.packing = True
     c.phases = (dict(fraction=1.0, seq_length=64, batch_size=16, max_predictions=10),)
     c.optimizer.learning_rate = 1e-3
-    c.optimizer.warmup_steps = 2
-    c.train.update(dict(num_steps=10, log_every=1, eval_every=0, checkpoint_every=5, keep_every=0,
-                        tensorboard=False, async_checkpoints=False, **train))
+    c.train.update(dict(num_steps=10, eval_every=0, checkpoint_every=5, tensorboard=False, async_checkpoints=False,
+                        **train))
     return c
 
 
@@ -194,11 +191,6 @@ def corpus(tmp_path_factory):
                  for line in lines for part in line.split(". ") if part.strip()]
     path.write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
     return path
-
-
-def logged(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from bert_jax import paths
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, load_config
 
 SST2 = SHARED_DATA / "glue" / "SST-2"
 
@@ -320,15 +320,10 @@ def test_pretrain_then_finetune_with_workdirs_in_a_bucket(bucket, tmp_path, monk
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "local"))  # the host's local files for the bucket
 
     # -- pretraining on the built-in corpus (its vocabulary trained here): 4 steps, checkpoint and export every 2 --
-    config = pretrain.default_config()
-    config.model.size = "tiny"
-    config.data.source = "builtin"
-    config.data.builtin_max_documents = 20
-    config.data.builtin_vocab_size = 400
-    config.phases = (dict(fraction=1.0, seq_length=32, batch_size=8, max_predictions=5),)
+    config = load_config("configs/pretrain.py:builtin,tiny")  # 20 documents, 8 sequences of 32 tokens
     config.optimizer.warmup_steps = 1
-    config.train.update(num_steps=4, log_every=1, checkpoint_every=2, eval_every=0, tensorboard=False,
-                        async_checkpoints=False, export_every_checkpoint=True)
+    config.train.update(num_steps=4, checkpoint_every=2, eval_every=0, tensorboard=False, async_checkpoints=False,
+                        export_every_checkpoint=True)
     config.fill_mask_examples = ()
     state = pretrain.train_and_evaluate(config, f"{MOCK}/pretrain")
 
@@ -355,8 +350,7 @@ def test_pretrain_then_finetune_with_workdirs_in_a_bucket(bucket, tmp_path, monk
     for split, rows in (("train", 16), ("dev", 8), ("test", 5)):
         lines = (SST2 / f"{split}.tsv").read_text(encoding="utf-8").splitlines(True)
         (data / f"{split}.tsv").write_text("".join(lines[:rows + 1]), encoding="utf-8")
-    ft = finetune.default_config()
-    ft.task.name = "sst2"
+    ft = load_config("configs/glue.py:sst2,tiny")
     ft.init_checkpoint = f"{MOCK}/pretrain/model"
     ft.data.source = str(data)
     ft.data.max_seq_length = 32

@@ -22,9 +22,10 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import load_config, logged, wiki_corpus
 from jax._src import compilation_cache
 
-from bert_jax import pretrain, pretrain_input, sharding
+from bert_jax import config_args, pretrain, pretrain_input, sharding
 from bert_jax.data import text_reader, tfrecord_input
 from bert_jax.data.features import FEATURES
 from bert_jax.data.instances import InstanceConfig
@@ -34,29 +35,15 @@ from bert_jax.tokenizer import load_tokenizer
 from bert_jax.train_metrics import MetricsWriter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WIKI = os.path.join(REPO, "..", "shared", "data", "wikipedia")
 LENGTHS = {32: 5, 64: 10}  # seq_length -> max_predictions of the two record sets
 SEED = 3
 STEPS = 8
 
 
-def first_documents(src, dst, count):
-    with open(src, encoding="utf-8") as f:
-        text = f.read()
-    end = 0
-    for _ in range(count):
-        end = text.index("</doc>\n", end) + len("</doc>\n")
-    with open(dst, "w", encoding="utf-8") as f:
-        f.write(text[:end])
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Two WikiExtractor files: the first 150 articles of wiki_00 and wiki_01 (most of them title-only stubs)."""
-    directory = tmp_path_factory.mktemp("corpus")
-    for name in ("wiki_00", "wiki_01"):
-        first_documents(os.path.join(WIKI, name), directory / name, 150)
-    return directory
+    return wiki_corpus(tmp_path_factory.mktemp("corpus"), ("wiki_00", "wiki_01"), 150)
 
 
 def prepare_args(corpus, vocab, output, seq_length):
@@ -90,39 +77,25 @@ def compile_cache(compilation_cache_for_commands):
     compilation_cache.reset_cache()
 
 
-# The run's settings as config overrides, so that the CLI journey runs exactly the in-process reference.
+# The run: a real config file and its overrides, as flags in the CLI journey (exactly the in-process reference).
+CONFIG = "configs/pretrain.py:base,tiny"
+
+
 def overrides(vocab, phase0_files, phase1_files, eval_files):
     phases = (dict(fraction=0.5, seq_length=32, batch_size=8, max_predictions=LENGTHS[32]),
               dict(fraction=0.5, seq_length=64, batch_size=4, max_predictions=LENGTHS[64],
                    input_files=str(phase1_files)))
-    return {"model.size": "tiny", "model.dtype": "float32", "model.max_position_embeddings": 64,
-            "data.source": "files", "data.input_files": str(phase0_files), "data.vocab_file": str(vocab),
+    return {"model.dtype": "float32", "data.input_files": str(phase0_files), "data.vocab_file": str(vocab),
             "data.eval_input_files": str(eval_files), "phases": phases, "optimizer.learning_rate": 1e-3,
-            "optimizer.warmup_steps": 2, "train.num_steps": STEPS, "train.log_every": 1,
-            "train.checkpoint_every": 4, "train.keep_every": 0, "train.eval_every": STEPS, "train.eval_batches": 1,
-            "train.tensorboard": False, "train.async_checkpoints": False, "fill_mask_examples": ()}
+            "train.num_steps": STEPS, "train.checkpoint_every": 4, "train.eval_every": STEPS,
+            "train.eval_batches": 1, "train.tensorboard": False, "train.async_checkpoints": False}
 
 
 def tiny_config(vocab, phase0_files, phase1_files, eval_files="", **changes):
-    config = pretrain.default_config()
-    for key, value in {**overrides(vocab, phase0_files, phase1_files, eval_files), **changes}.items():
-        *parents, name = key.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        setattr(node, name, value)
+    """CONFIG (configs/pretrain.py:base,tiny) with the overrides above and `changes` (dotted keys)."""
+    config = load_config(CONFIG)
+    config_args.override(config, {**overrides(vocab, phase0_files, phase1_files, eval_files), **changes})
     return config
-
-
-def logged(workdir, key="loss"):
-    """{step: value} from metrics.jsonl; a step logged twice (before an interruption and after) keeps the last."""
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            record = json.loads(line)
-            if key in record:
-                out[record["step"]] = record[key]
-    return out
 
 
 def reader_records(workdir):
@@ -524,7 +497,7 @@ def test_journey_prepare_at_two_lengths_pretrain_sigterm_resume_fill_mask(refere
             open(p, "rb").read() for p in shards(records[seq_length])]
 
     workdir = tmp_path / "run"
-    command = [sys.executable, "-m", "bert_jax", "pretrain", "--config=configs/pretrain.py:tiny",
+    command = [sys.executable, "-m", "bert_jax", "pretrain", f"--config={CONFIG}",
                f"--workdir={workdir}",
                *cli_flags(overrides(small_vocab_file, made[32], made[64], made[32]))]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import first_documents, wiki_corpus
 
 from bert_jax.data import text_reader
 from bert_jax.data.instances import (
@@ -546,18 +547,6 @@ def test_mask_op_whole_word_budget_skip(vocab):
 # ----------------------------------------------------------------------------------------------------
 
 
-def _first_documents(src, dst, count):
-    """Copies the first `count` <doc> elements of a WikiExtractor file."""
-    with open(src, encoding="utf-8") as f:
-        text = f.read()
-    end = 0
-    for _ in range(count):
-        end = text.index("</doc>\n", end) + len("</doc>\n")
-    with open(dst, "w", encoding="utf-8") as f:
-        f.write(text[:end])
-    return str(dst)
-
-
 def _read_records(directory):
     records = []
     for name in sorted(os.listdir(directory)):
@@ -568,10 +557,7 @@ def _read_records(directory):
 
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("corpus")
-    for name in ("wiki_06", "wiki_07"):
-        _first_documents(os.path.join(WIKI, name), directory / name, 300)
-    return directory
+    return wiki_corpus(tmp_path_factory.mktemp("corpus"), ("wiki_06", "wiki_07"), 300)
 
 
 def test_writer_summary_and_records(tmp_path, small_corpus, tokenizer):
@@ -624,7 +610,7 @@ def test_tfrecord_framing_is_what_tensorflow_reads(tmp_path):
 
 def test_writer_one_file_equals_the_original(tmp_path, tokenizer, vocab):
     """A file smaller than one block: exactly the original algorithm run on it with the file's seed."""
-    path = _first_documents(os.path.join(WIKI, "wiki_08"), tmp_path / "one", 120)
+    path = first_documents(os.path.join(WIKI, "wiki_08"), tmp_path / "one", 120)
     config = InstanceConfig(max_seq_length=64, max_predictions_per_seq=10)
     prepare_pretraining_data(path, VOCAB, str(tmp_path / "out"), config, dupe_factor=2, seed=21)
     docs = [[tokenizer.token_ids(s) for s in d.sentences] for d in text_reader.iter_file_documents(path)]
@@ -674,10 +660,7 @@ def test_writer_errors_name_the_file(tmp_path):
 
 def test_command_with_workers_prints_json_and_matches_one_worker(tmp_path):
     """The CLI end to end, two worker processes: the same shards as one worker, and a JSON summary line."""
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for name in ("wiki_10", "wiki_11"):
-        _first_documents(os.path.join(WIKI, name), corpus / name, 60)
+    corpus = wiki_corpus(tmp_path / "corpus", ("wiki_10", "wiki_11"), 60)
     in_process = prepare_pretraining_data(str(corpus), VOCAB, str(tmp_path / "one"),
                                                 InstanceConfig(), dupe_factor=1, seed=9)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}

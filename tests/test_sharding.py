@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from jax._src import compilation_cache
+from conftest import synthetic_pretraining_config
 from jax.sharding import PartitionSpec as P
 
 from bert_jax import pretrain, sharding
@@ -26,17 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**mesh):
-    c = pretrain.default_config()
-    c.model.size = "tiny"
-    c.model.vocab_size = 128
-    c.model.max_position_embeddings = 64
-    c.data.source = "synthetic"
-    c.phases = (dict(fraction=1.0, seq_length=32, batch_size=8, max_predictions=5),)
-    c.optimizer.learning_rate = 1e-3
-    c.optimizer.warmup_steps = 4
-    # The same run as tests/test_checkpoints.py (so one compilation serves both through the persistent cache).
-    c.train.update(dict(num_steps=20, micro_batches=2, log_every=1, eval_every=0, checkpoint_every=5, keep_every=0,
-                        tensorboard=False))
+    c = synthetic_pretraining_config()  # the same run as tests/test_checkpoints.py's
     c.mesh.update(mesh or dict(data=-1, fsdp=1, tensor=1))
     return c
 
@@ -124,22 +114,6 @@ def test_global_batch_and_process_rows_on_one_process():
 # ----------------------------------------------------------------------------------------------------
 # 1 device vs 8 devices vs 2 processes, and checkpoints across them
 # ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    path = str(tmp_path_factory.getbasetemp() / "jax_compilation_cache")
-    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
-                                                 "jax_persistent_cache_min_compile_time_secs",
-                                                 "jax_persistent_cache_min_entry_size_bytes")}
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    compilation_cache.reset_cache()
-    yield path
-    for k, v in saved.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")

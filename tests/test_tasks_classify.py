@@ -2,7 +2,6 @@
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,6 @@ import sklearn.metrics
 
 from bert_jax.tasks import get_task
 from bert_jax.tasks.classify import TextExample
-from bert_jax.tokenizer import WordPieceTokenizer
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VOCAB = DATA / "vocab" / "bert-base-uncased-vocab.txt"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return WordPieceTokenizer(str(VOCAB), lower_case=True)
 
 
 def write(path, text):
@@ -53,17 +43,14 @@ def test_csv_with_quotes_pairs_and_inferred_labels(tmp_path, tokenizer):
     assert features["input_ids"].shape == (3, 16) and features["token_type_ids"][0].max() == 1
 
 
-def test_pair_features_match_hugging_face(tmp_path, tokenizer):
-    from transformers import BertTokenizerFast
-
-    shutil.copy(VOCAB, tmp_path / "vocab.txt")
-    hf = BertTokenizerFast.from_pretrained(tmp_path, do_lower_case=True)
+def test_pair_features_match_hugging_face(tokenizer, hf_tokenizer):
     examples = [TextExample(str(i), f"The first text number {i} is rather long, isn't it?", "Short pair.", "a")
                 for i in range(5)] + [TextExample("5", "Naïve café owners", None, "b")]
     task = get_task("classify", labels=["a", "b"])
     for example in examples:
         features = task.featurize([example], tokenizer, max_seq_length=12, truncation="longest_first")
-        reference = hf(example.text, example.text_pair, truncation=True, max_length=12, padding="max_length")
+        reference = hf_tokenizer(example.text, example.text_pair, truncation=True, max_length=12,
+                                 padding="max_length")
         assert features["input_ids"][0].tolist() == reference["input_ids"]
         assert features["token_type_ids"][0].tolist() == reference["token_type_ids"]
         assert features["attention_mask"][0].tolist() == reference["attention_mask"]

@@ -2,7 +2,6 @@
 metrics vs scikit-learn / SciPy, submission files, TFDS through mock data, and the task registry."""
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,25 +10,9 @@ import scipy.stats
 import sklearn.metrics
 
 from bert_jax.tasks import TASK_NAMES, get_task
-from bert_jax.tokenizer import WordPieceTokenizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GLUE = DATA / "glue"
-VOCAB = DATA / "vocab" / "bert-base-uncased-vocab.txt"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return WordPieceTokenizer(str(VOCAB), lower_case=True)
-
-
-@pytest.fixture(scope="module")
-def hf_tokenizer(tmp_path_factory):
-    from transformers import BertTokenizerFast
-
-    directory = tmp_path_factory.mktemp("hf_vocab")
-    shutil.copy(VOCAB, directory / "vocab.txt")
-    return BertTokenizerFast.from_pretrained(directory, do_lower_case=True)
 
 
 def split_lines(path):

@@ -2,7 +2,6 @@
 
 import csv
 import io
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +9,9 @@ import pytest
 
 from bert_jax.tasks import get_task
 from bert_jax.tasks.multiple_choice import ChoiceExample
-from bert_jax.tokenizer import WordPieceTokenizer
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VOCAB = DATA / "vocab" / "bert-base-uncased-vocab.txt"
 HEADER = ["", "video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
           "ending0", "ending1", "ending2", "ending3", "label"]  # SWAG's train.csv / val.csv (index column first)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return WordPieceTokenizer(str(VOCAB), lower_case=True)
 
 
 def swag_csv(rows, header=HEADER):
@@ -67,9 +58,7 @@ def test_test_file_without_labels(tmp_path, tokenizer):
     assert Path(path).read_text().splitlines() == ["fold-ind,label", "19,2", "3,0"]
 
 
-def test_features_match_hugging_face_per_choice(tmp_path, tokenizer):
-    from transformers import BertTokenizerFast
-
+def test_features_match_hugging_face_per_choice(tmp_path, tokenizer, hf_tokenizer):
     (tmp_path / "train.csv").write_text(swag_csv(ROWS), encoding="utf-8")
     task = get_task("swag")
     examples, _ = task.read("train", str(tmp_path))
@@ -77,11 +66,9 @@ def test_features_match_hugging_face_per_choice(tmp_path, tokenizer):
     for key in ("input_ids", "attention_mask", "token_type_ids"):
         assert features[key].shape == (2, 4, 20) and features[key].dtype == np.int32
     np.testing.assert_array_equal(features["labels"], [2, 0])
-    shutil.copy(VOCAB, tmp_path / "vocab.txt")
-    hf = BertTokenizerFast.from_pretrained(tmp_path, do_lower_case=True)
     for n, example in enumerate(examples):
-        reference = hf([example.context] * 4, list(example.endings), truncation=True, max_length=20,
-                       padding="max_length")
+        reference = hf_tokenizer([example.context] * 4, list(example.endings), truncation=True, max_length=20,
+                                 padding="max_length")
         for key in ("input_ids", "attention_mask", "token_type_ids"):
             np.testing.assert_array_equal(features[key][n], np.asarray(reference[key]))
 

@@ -1,7 +1,6 @@
 """CoNLL-2003 NER: reader counts, first-piece label alignment vs Hugging Face word_ids, windows for long
 sentences, decoding back to word tags, entity F1, CoNLL output, bad input, TFDS through mock data."""
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,16 +8,9 @@ import pytest
 
 from bert_jax.tasks import get_task, metrics
 from bert_jax.tasks.ner import IGNORE, TaggingExample
-from bert_jax.tokenizer import WordPieceTokenizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CONLL = DATA / "conll2003"
-VOCAB = DATA / "vocab" / "bert-base-uncased-vocab.txt"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return WordPieceTokenizer(str(VOCAB), lower_case=True)
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +39,13 @@ def test_reads_the_documented_sentence_counts(split, file, sentences):
     assert sum(e.doc_start for e in examples) == sum(line.startswith("-DOCSTART-") for line in lines)
 
 
-def test_first_piece_labels_match_hugging_face_word_ids(valid, tokenizer, tmp_path):
-    from transformers import BertTokenizerFast
-
-    shutil.copy(VOCAB, tmp_path / "vocab.txt")
-    hf = BertTokenizerFast.from_pretrained(tmp_path, do_lower_case=True)
+def test_first_piece_labels_match_hugging_face_word_ids(valid, tokenizer, hf_tokenizer):
     task = get_task("conll2003")
     examples = valid[0][:400]
     features = task.featurize(examples, tokenizer, max_seq_length=128)
     assert len(features["example_index"]) == 400  # every one of these sentences fits one window of 128
     for n, example in enumerate(examples):
-        encoded = hf(list(example.words), is_split_into_words=True)
+        encoded = hf_tokenizer(list(example.words), is_split_into_words=True)
         word_ids = encoded.word_ids()
         expected_labels, previous = [], None
         for w in word_ids:  # label the first piece of each word, -100 elsewhere

@@ -14,6 +14,7 @@ import uuid
 
 import ml_collections
 import pytest
+from conftest import load_config
 
 from bert_jax import paths, pretrain
 from bert_jax import workdir as workdirs
@@ -26,14 +27,15 @@ SENTENCES = ["the cat sat on the mat .", "a dog was in the house .", "paris is t
 
 
 def tiny_config(text_file, vocab_file, **overrides) -> dict:
-    """A tiny pretraining run on a few sentences: 2 steps, checkpoint and model at the end (dotted overrides)."""
-    config = dict(
-        model=dict(size="tiny", max_position_embeddings=64),
-        data=dict(source="files", input_files=str(text_file), vocab_file=str(vocab_file), dupe_factor=2),
-        phases=[dict(fraction=1.0, seq_length=32, batch_size=4, max_predictions=4)],
-        optimizer=dict(warmup_steps=1),
-        train=dict(num_steps=2, checkpoint_every=2, log_every=1, eval_every=0, keep_every=0, tensorboard=False,
-                   async_checkpoints=False))
+    """A tiny pretraining run (configs/pretrain.py:base,tiny) on a few sentences: 2 steps, checkpoint and model at
+    the end (dotted overrides)."""
+    config = load_config("configs/pretrain.py:base,tiny")
+    config.model.dtype = "float32"
+    config.data.update(dict(input_files=str(text_file), vocab_file=str(vocab_file), dupe_factor=2))
+    config.phases = (dict(fraction=1.0, seq_length=32, batch_size=4, max_predictions=4),)
+    config.optimizer.warmup_steps = 1
+    config.train.update(dict(num_steps=2, checkpoint_every=2, eval_every=0, tensorboard=False, async_checkpoints=False))
+    config = config.to_dict()
     for key, value in overrides.items():
         section, name = key.split(".")
         config[section][name] = value
