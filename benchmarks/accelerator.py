@@ -76,6 +76,7 @@ from bert_jax.pretrain import PretrainingObjective
 from bert_jax.pretrained import Pretrained
 from bert_jax.tokenizer import WordPieceTokenizer
 from bert_jax.train_metrics import flops_per_sequence, peak_flops_per_device
+from hf_pretraining import hf_pretraining_inputs  # benchmarks/hf_pretraining.py, next to this script
 
 # ----------------------------------------------------------------------------------------------------
 # Rows
@@ -394,22 +395,6 @@ def hf_model(config: BertConfig, state_dict=None, device=None):
     return model.to(device or "cpu")
 
 
-def hf_inputs(batch: dict, device) -> dict:
-    """BertForPreTraining's keyword arguments for a pretraining batch: MLM labels at the weighted masked positions,
-    -100 elsewhere (so both losses average over the same tokens)."""
-    import torch
-
-    t = {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
-    ids = t["input_ids"].long()
-    labels = torch.full_like(ids, -100)
-    weighted = t["masked_lm_weights"] > 0
-    rows = torch.arange(ids.shape[0])[:, None].expand_as(weighted)
-    labels[rows[weighted], t["masked_lm_positions"].long()[weighted]] = t["masked_lm_ids"].long()[weighted]
-    inputs = dict(input_ids=ids, attention_mask=t["input_mask"].long(), token_type_ids=t["segment_ids"].long(),
-                  labels=labels, next_sentence_label=t["next_sentence_labels"].long())
-    return {k: v.to(device) for k, v in inputs.items()}
-
-
 def measure_hf_pretraining(work: Workload, settings: dict) -> dict:
     import torch
 
@@ -421,7 +406,7 @@ def measure_hf_pretraining(work: Workload, settings: dict) -> dict:
                             fused=cuda)
     batch = pretraining_batch(work.batch, work.seq_length, work.predictions, config.vocab_size)
 
-    def run(inputs=hf_inputs(batch, device)):
+    def run(inputs=hf_pretraining_inputs(batch, device)):
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):  # float32 on a CPU
             loss = model(**inputs).loss
@@ -442,7 +427,7 @@ def measure_hf_pretraining(work: Workload, settings: dict) -> dict:
         opt.zero_grad(set_to_none=True)  # what a failed candidate left: its gradients, cached blocks
         if cuda:
             torch.cuda.empty_cache()
-        run(hf_inputs(tiled(batch, rows), device))
+        run(hf_pretraining_inputs(tiled(batch, rows), device))
         sync()
 
     doublings = settings["search_doublings"] if work.search else 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 
 import jax
-import numpy as np
 import torch
 import transformers
 
@@ -28,6 +27,7 @@ from bert_jax.data.synthetic import SyntheticPretrainingData
 from bert_jax.model import BertConfig
 from bert_jax.pretrain import PretrainingObjective
 from bert_jax.train_metrics import flops_per_sequence, peak_flops_per_device
+from hf_pretraining import hf_pretraining_inputs  # benchmarks/hf_pretraining.py, next to this script
 from timing import measure  # benchmarks/timing.py, next to this script
 
 DEFAULT_BATCH = {"tiny": 32, "mini": 32, "small": 16, "medium": 8, "base": 8, "large": 4}
@@ -56,17 +56,11 @@ def torch_step(config: BertConfig, batch: dict, threads: int = 0):
     model = transformers.BertForPreTraining._from_config(transformers.BertConfig(**config_to_hf(config)),
                                                          attn_implementation="sdpa").train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
-    t = {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
-    ids = t["input_ids"].long()
-    labels = torch.full_like(ids, -100)
-    weights = t["masked_lm_weights"] > 0
-    rows = torch.arange(ids.shape[0])[:, None].expand_as(weights)
-    labels[rows[weights], t["masked_lm_positions"].long()[weights]] = t["masked_lm_ids"].long()[weights]
+    inputs = hf_pretraining_inputs(batch)
 
     def run():
         opt.zero_grad(set_to_none=True)
-        out = model(input_ids=ids, attention_mask=t["input_mask"].long(), token_type_ids=t["segment_ids"].long(),
-                    labels=labels, next_sentence_label=t["next_sentence_labels"].long())
+        out = model(**inputs)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -31,6 +31,7 @@ from bert_jax.pretrain import PretrainingObjective
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "accelerator.py"
+sys.path.insert(0, str(SCRIPT.parent))  # the script imports its siblings (hf_pretraining.py), as when it runs
 _spec = importlib.util.spec_from_file_location("accelerator_benchmark", SCRIPT)
 accelerator = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = accelerator  # its dataclasses look their module up while the script is executed
@@ -163,7 +164,7 @@ def test_step_loss_equals_hugging_face_on_the_same_weights_and_batch():
     _, metrics = step(state, device_batch)
     model = accelerator.hf_model(config, convert.hf_state_dict_from_params(params, config, tied=True)).eval()
     with torch.no_grad():
-        hf_loss = model(**accelerator.hf_inputs(batch, "cpu")).loss.item()
+        hf_loss = model(**accelerator.hf_pretraining_inputs(batch, "cpu")).loss.item()
     np.testing.assert_allclose(float(metrics["loss"]), hf_loss, rtol=1e-4)
 
 
@@ -294,17 +295,23 @@ def test_step_donates_the_whole_state(bf16_step):
 # ----------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def cudnn_traceable(monkeypatch):
+    """JAX's cuDNN attention traced on a CPU: its version check stubbed, so the shape checks that run on a GPU
+    at trace time run here too."""
+    fused = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+    if not hasattr(fused, "check_cudnn_version"):
+        pytest.skip("this JAX has no cuDNN version check to stub")
+    monkeypatch.setattr(fused, "check_cudnn_version", lambda: 90500)
+
+
 @pytest.mark.xfail(strict=True, raises=ValueError, reason=(
     "issue 12 hazard: attention_impl='cudnn' fails on a GPU for the [B, S] padding mask of every unpacked batch. "
     "SelfAttention passes it as a [B, 1, 1, S] mask; JAX's cuDNN path turns a mask into a bias and requires it "
     "[B, 1, T, S] ('Bias must have same seq length as QKV, got 1 and S'). Fix in bert_jax/model.py, then drop this "
     "marker: for a 2-D mask pass key_value_seq_lengths (BERT pads at the end) or broadcast the mask to [B, 1, T, S]."))
-def test_cudnn_attention_takes_the_padding_mask(monkeypatch):
+def test_cudnn_attention_takes_the_padding_mask(cudnn_traceable):
     """Traced on a CPU with JAX's cuDNN version check stubbed: the shape checks that fail on a GPU run at trace time."""
-    fused = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
-    if not hasattr(fused, "check_cudnn_version"):
-        pytest.skip("this JAX has no cuDNN version check to stub")
-    monkeypatch.setattr(fused, "check_cudnn_version", lambda: 90500)
     config = accelerator.bert_config("tiny", 300, "bfloat16", attention_dropout=0.0, hidden_dropout=0.0,
                                      attention_impl="cudnn")
     ids = jnp.ones((2, 16), jnp.int32)
@@ -318,11 +325,7 @@ def test_cudnn_attention_takes_the_padding_mask(monkeypatch):
     "automatically select the best backend (defaults to XLA for now)'), not 'cuDNN or XLA' as model.py's comment "
     "says. Fix in bert_jax/model.py after the padding-mask hazard above: 'auto' -> 'cudnn' when jax.default_backend() "
     "is 'gpu', the compute dtype bf16/fp16 and head_dim <= 128; then drop this marker."))
-def test_auto_attention_takes_cudnn_on_a_gpu(monkeypatch):
-    fused = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
-    if not hasattr(fused, "check_cudnn_version"):
-        pytest.skip("this JAX has no cuDNN version check to stub")
-    monkeypatch.setattr(fused, "check_cudnn_version", lambda: 90500)
+def test_auto_attention_takes_cudnn_on_a_gpu(cudnn_traceable, monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     config = accelerator.bert_config("tiny", 300, "bfloat16", attention_dropout=0.0, hidden_dropout=0.0)
     ids = jnp.ones((2, 16), jnp.int32)
