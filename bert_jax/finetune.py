@@ -40,9 +40,8 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
-from bert_jax import length_buckets, optim, paths, sharding, trainer
+from bert_jax import console, length_buckets, optim, paths, sharding, trainer
 from bert_jax import workdir as workdirs
 from bert_jax.checkpoints import Checkpointer
 from bert_jax.finetune_data import Split, is_tfds, load_data, split_paths
@@ -298,12 +297,6 @@ def check_against_mesh(config, mesh) -> None:
     if t.eval_batch_size % dp:
         raise ValueError(f"config.train.eval_batch_size={t.eval_batch_size}: must divide over the {dp} "
                          "data-parallel devices")
-
-
-def _announce(message: str) -> None:
-    logging.info(message)
-    if jax.process_index() == 0:
-        print(message, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -602,14 +595,14 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, devices: Optional[S
 def _initial_state(config, objective, tx, mesh, checkpointer, encoder, source):
     """Resume from the workdir's latest checkpoint; else a fresh state (new head, fresh optimizer) whose encoder
     is replaced by the checkpoint's."""
-    resumed = trainer.resume(objective, tx, mesh, checkpointer, _announce, what="task and model")
+    resumed = trainer.resume(objective, tx, mesh, checkpointer, console.announce, what="task and model")
     if resumed is not None:
         return resumed
     expected = jax.eval_shape(lambda: nn.meta.unbox(objective.init_params(jax.random.PRNGKey(0))))["bert"]
     trainer.check_same_shapes(expected, encoder, what=f"config.init_checkpoint={config.init_checkpoint!r} encoder")
     params = {"bert": encoder, **objective.init_head(jax.random.PRNGKey(config.train.seed))}
     state, shardings = trainer.create_train_state(objective, tx, mesh, config.train.seed, params=params)
-    _announce(f"encoder from the {source}; new {objective.kind} head, fresh optimizer")
+    console.announce(f"encoder from the {source}; new {objective.kind} head, fresh optimizer")
     return state, shardings, None
 
 
@@ -653,7 +646,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
         if config.train.keep_best and _improves(score, best):
             keep(state, metrics)
             kept.update(step=int(state.step), predictions=predictions)
-            _announce(f"  new best {task.best_metric}={score:.4f} at step {best['step']}: exported to {model_dir}")
+            console.announce(f"  new best {task.best_metric}={score:.4f} at step {best['step']}: "
+                             f"exported to {model_dir}")
         return metrics
 
     train_keys = (*INPUT_KEYS, *kind.targets)
@@ -663,9 +657,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
         make_iterator=lambda _: TrainBatches(setup.train.features, train_keys, config.train.batch_size,
                                              config.train.seed, rows, buckets_of(config), kind.sequence_keys),
         tokens_per_sequence=0 if config.data.length_buckets else config.data.max_seq_length)
-    _announce(f"{task.name}: {len(setup.train)} training features, {setup.total_steps} steps of "
-              f"{config.train.batch_size} ({setup.steps_per_epoch} per epoch), evaluation every {setup.eval_every} "
-              f"steps on {', '.join(f'{s.name} ({len(s.examples)})' for s in setup.dev) or 'nothing'}")
+    console.announce(f"{task.name}: {len(setup.train)} training features, {setup.total_steps} steps of "
+                     f"{config.train.batch_size} ({setup.steps_per_epoch} per epoch), evaluation every "
+                     f"{setup.eval_every} steps on "
+                     f"{', '.join(f'{s.name} ({len(s.examples)})' for s in setup.dev) or 'nothing'}")
     writer = None
     try:
         writer = MetricsWriter(workdir, setup.total_steps, tensorboard=config.train.tensorboard)
@@ -706,8 +701,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
                                                           for split in [*setup.dev, *setup.test]])
         _write_json(os.path.join(workdir, "eval_results.json"), {"step": (best or {}).get("step"), **metrics})
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-    _announce(f"{task.name}: model {model_dir} (step {(best or {}).get('step')}){': ' + shown if shown else ''}; "
-              f"predictions in {output_dir}; {time.time() - started:.0f}s")
+    console.announce(f"{task.name}: model {model_dir} (step {(best or {}).get('step')})"
+                     f"{': ' + shown if shown else ''}; predictions in {output_dir}; {time.time() - started:.0f}s")
     result.update(metrics=metrics, predictions=written)
     return result
 

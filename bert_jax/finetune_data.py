@@ -14,9 +14,7 @@ import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
-import jax
-from absl import logging
-
+from bert_jax import console
 from bert_jax.heads import KINDS
 
 
@@ -52,9 +50,9 @@ def is_tfds(source: str) -> bool:
 def read_split(task, split: str, source: str, *, strict: bool, tfds_data_dir: str = "", limit: int = 0):
     """The examples of one split, with the reader's report printed (every skipped row, never a silent loss)."""
     examples, report = task.read(split, source, strict=strict, tfds_data_dir=tfds_data_dir or None)
-    _announce(f"[{split}] {report.summary()}")
+    console.announce(f"[{split}] {report.summary()}")
     if limit and len(examples) > limit:
-        _announce(f"[{split}] using the first {limit} of {len(examples)} examples (config.data.max_*_examples)")
+        console.announce(f"[{split}] using the first {limit} of {len(examples)} examples (config.data.max_*_examples)")
         examples = examples[:limit]
     if not examples:
         raise ValueError(f"{report.source}: no usable {split} examples")
@@ -86,7 +84,7 @@ def load_data(config, task, tokenizer) -> tuple[Any, Split, list, list]:
     train_examples = read_split(task, "train", train_source, limit=d.max_train_examples, **options)
     if hasattr(task, "with_labels_from") and not task.labels:
         task = task.with_labels_from(train_examples)
-        _announce(f"labels inferred from the training examples: {list(task.labels)}")
+        console.announce(f"labels inferred from the training examples: {list(task.labels)}")
     train = featurize_split(task, "train", train_examples, tokenizer, d)
     if not all(k in train.features for k in KINDS[task.kind].targets):
         raise ValueError(f"{train_source}: the training examples have no labels")
@@ -104,13 +102,7 @@ def load_data(config, task, tokenizer) -> tuple[Any, Split, list, list]:
                 # Test files are optional in a task folder, and TFDS has no test split for some tasks (SQuAD).
                 if explicit or not (isinstance(e, FileNotFoundError) or is_tfds(src)):
                     raise
-                _announce(f"[{s}] no test predictions: {e}")
+                console.announce(f"[{s}] no test predictions: {e}")
                 continue
             test.append(featurize_split(task, s, examples, tokenizer, d))
     return task, train, dev, test
-
-
-def _announce(message: str) -> None:  # TODO(kinds helper): run.announce once bert_jax/run.py exists
-    logging.info(message)
-    if jax.process_index() == 0:
-        print(message, flush=True)

@@ -27,13 +27,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 
-from bert_jax import optim, paths, pretrain_input, sharding, trainer
+from bert_jax import console, optim, paths, pretrain_input, sharding, trainer
 from bert_jax import workdir as workdirs
 from bert_jax.checkpoints import Checkpointer
 from bert_jax.data import builtin_corpus, packing, tfrecord_input
-from bert_jax.data.features import FEATURES
 from bert_jax.data.pipeline import PipelineSpec, PretrainingIterator
 from bert_jax.data.synthetic import SyntheticPretrainingData
 from bert_jax.data.text_reader import resolve_input_files
@@ -388,7 +386,7 @@ def builtin_vocab(files: Sequence[str], directory: str, vocab_size: int, lower_c
     if not paths.exists(os.path.join(directory, "vocab.txt")) and jax.process_index() == 0:
         from bert_jax.tokenizer_training import train_tokenizer
 
-        _announce(f"training a {vocab_size}-piece WordPiece vocabulary on {len(files)} files")
+        console.announce(f"training a {vocab_size}-piece WordPiece vocabulary on {len(files)} files")
         local = paths.local_mirror(directory, "trained") if remote else directory
         train_tokenizer(list(files), local, kind="wordpiece", vocab_size=vocab_size, lower_case=lower_case)
         if remote:
@@ -622,7 +620,7 @@ def export_model(directory: str, bert: BertConfig, params, tokenizer, step: int)
     _sync("export written")
     if jax.process_index() == 0:
         paths.publish_dir(staging, directory, last=MANIFEST_FILE)
-        _announce(f"exported the model at step {step} to {directory}")
+        console.announce(f"exported the model at step {step} to {directory}")
     _sync("export done")
     return params
 
@@ -725,16 +723,9 @@ def _optimizer(config):
                                 eps=o.eps, clip_norm=o.clip_norm)
 
 
-def _announce(message: str) -> None:
-    """A milestone for the console (process 0) and the log."""
-    logging.info(message)
-    if jax.process_index() == 0:
-        print(message, flush=True)
-
-
 def _initial_state(config, objective, tx, mesh, checkpointer):
     """Resume from the workdir's latest checkpoint, else start from init_checkpoint or from scratch."""
-    resumed = trainer.resume(objective, tx, mesh, checkpointer, _announce, what="model and optimizer")
+    resumed = trainer.resume(objective, tx, mesh, checkpointer, console.announce, what="model and optimizer")
     if resumed is not None:
         return resumed
     params = None
@@ -743,7 +734,7 @@ def _initial_state(config, objective, tx, mesh, checkpointer):
 
         params = load_pretrained(config.train.init_checkpoint,
                                  config_overrides={"scan_layers": config.model.scan_layers}).params
-        _announce(f"initialising the weights from {config.train.init_checkpoint}")
+        console.announce(f"initialising the weights from {config.train.init_checkpoint}")
     state, shardings = trainer.create_train_state(objective, tx, mesh, config.train.seed, params=params)
     return state, shardings, None
 

@@ -34,9 +34,9 @@ import contextlib
 import dataclasses
 from typing import Optional, Sequence
 
-import jax
 from absl import logging
 
+from bert_jax import console
 from bert_jax.data import text_reader, tfrecord_input
 from bert_jax.data.instances import GenerationStats
 
@@ -95,8 +95,8 @@ class PretrainInputs:
                 for s in self.sets() if s.iterators]
 
     def print_start(self) -> None:
-        _print("\n".join(["reader, at the start:", *(_describe(s.label(), r) for s, r in
-                                                      zip(self.sets(), self.start_report()))]))
+        console.announce("\n".join(["reader, at the start:", *(_describe(s.label(), r) for s, r in
+                                                                zip(self.sets(), self.start_report()))]))
 
     def write_start(self, writer, step: int) -> None:
         if self.sets():
@@ -108,7 +108,7 @@ class PretrainInputs:
         if not report:
             return
         labels = {s.key: s.label() for s in self.sets()}
-        _print("\n".join(["reader, this run:", *(_describe(labels[r["input"]], r) for r in report)]))
+        console.announce("\n".join(["reader, this run:", *(_describe(labels[r["input"]], r) for r in report)]))
         writer.write_record(step, {"reader": {"when": "end", "inputs": report}})
         for r in report:
             if r["format"] == "text" and r["skipped_fraction"] > MOSTLY and not self.allow_mostly_skipped:
@@ -260,9 +260,3 @@ def _describe(label: str, report: dict) -> str:
         line += (f", {report['instances']:,} instances ({report['one_sentence_documents']:,} one-sentence documents,"
                  f" {report['long_sentences']:,} sentences longer than the sequence, truncated)")
     return line + f"\n    skipped: {_skips_text(report)}"
-
-
-def _print(message: str) -> None:
-    logging.info(message)
-    if jax.process_index() == 0:
-        print(message, flush=True)

@@ -57,7 +57,7 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 from absl import logging
 
-from bert_jax import optim, paths
+from bert_jax import console, optim, paths
 
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
@@ -504,7 +504,7 @@ def check_config(workdir: str, config, *, incompatible: Sequence[str], path_keys
             f"were written with other settings ({config_file}):\n{_listed(blocking)}\n"
             f"Resume with the settings of {config_file}, or start this config in {another_workdir_command(workdir)}")
     if harmless:
-        _announce(f"resuming {workdir} with settings changed from its {CONFIG_FILE}:\n{_listed(harmless)}")
+        console.announce(f"resuming {workdir} with settings changed from its {CONFIG_FILE}:\n{_listed(harmless)}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -546,10 +546,3 @@ def check_checkpoint_shapes(workdir: str, abstract_state: Any, *, what: str = "m
                 f"The checkpoint was written with the settings of {os.path.join(workdir, CONFIG_FILE)} (and its "
                 f"vocabulary); resume with those, or start this config in {another_workdir_command(workdir)}")
         return
-
-
-def _announce(message: str) -> None:
-    """For the console (process 0) and the log."""
-    logging.info(message)
-    if jax.process_index() == 0:
-        print(message, flush=True)
