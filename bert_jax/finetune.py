@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 import os
 import time
@@ -359,7 +358,7 @@ def _load_pretraining_workdir(path: str, step: int, overrides: dict, mesh):
     config_file = os.path.join(path, "config.json")
     if not paths.exists(config_file):
         raise FileNotFoundError(f"{config_file}: missing (the pretraining run's config)")
-    raw = _read_json(config_file)
+    raw = paths.read_json(config_file)
     try:
         pretraining = pretrain.validate_config(ml_collections.ConfigDict(raw))
     except ValueError as e:
@@ -512,7 +511,7 @@ def export_model(directory: str, bert: BertConfig, params, tokenizer, task, reco
                     source={"format": "bert_jax", "finetuned_from": record["init_checkpoint"],
                             "task": task.name, "step": record["step"]})
     if jax.process_index() == 0:
-        _write_json(os.path.join(staging, FINETUNE_FILE), record)
+        paths.write_json(os.path.join(staging, FINETUNE_FILE), record)
         paths.publish_dir(staging, directory, last=MANIFEST_FILE)
     _sync("finetune export done")
 
@@ -620,7 +619,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
     kind = KINDS[task.kind]
     model_dir = os.path.join(workdir, "model")
     best_file = os.path.join(workdir, "best.json")
-    best = _read_json(best_file) if paths.exists(best_file) else None
+    best = paths.read_json(best_file) if paths.exists(best_file) else None
     forward = make_forward(setup.objective, mesh, setup.shardings.params)
 
     def outputs_for(params):
@@ -636,7 +635,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
         best = {"step": step, "score": score if score is not None and math.isfinite(score) else None,
                 "metrics": metrics}
         if jax.process_index() == 0:
-            _write_json(best_file, best)
+            paths.write_json(best_file, best)
 
     kept = {}  # the step and dev predictions of the evaluation that exported the model in this run
 
@@ -699,7 +698,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, hooks
     if jax.process_index() == 0:
         written = write_into_directory(output_dir, task, [(predictions[split.name], split.examples, split.name)
                                                           for split in [*setup.dev, *setup.test]])
-        _write_json(os.path.join(workdir, "eval_results.json"), {"step": (best or {}).get("step"), **metrics})
+        paths.write_json(os.path.join(workdir, "eval_results.json"), {"step": (best or {}).get("step"), **metrics})
     shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
     console.announce(f"{task.name}: model {model_dir} (step {(best or {}).get('step')})"
                      f"{': ' + shown if shown else ''}; predictions in {output_dir}; {time.time() - started:.0f}s")
@@ -712,11 +711,3 @@ def _improves(score: float, best: Optional[dict]) -> bool:
     if best is None:
         return True
     return math.isfinite(score) and (best["score"] is None or score > best["score"])
-
-
-def _read_json(path: str):
-    return json.loads(paths.read_text(path))
-
-
-def _write_json(path: str, content) -> None:
-    paths.write_text(path, json.dumps(content, indent=2) + "\n")

@@ -11,6 +11,7 @@ metrics.jsonl, the exported model's small files, predictions, best.json) goes th
     move_dir(source, target)          move a directory (a rename; copy + delete on an object store)
     open(path, mode)                  text or binary, 'r' / 'w' / 'a' (+ 'b')
     read_text, write_text             whole files, errors as OSError naming the path
+    read_json, write_json             the same for JSON (invalid JSON: a ValueError naming the path)
     publish_dir(staging, dir, last)   replace `dir` by a finished `staging` directory
     download_dir(url) -> local dir    small files (a vocabulary) for code that reads local files only
     upload_dir(local, url)
@@ -35,6 +36,7 @@ import atexit
 import builtins
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -200,6 +202,17 @@ def write_text(path, text: str) -> None:
     """Writes a whole file (replacing it)."""
     with _os_errors(path), open(path, "w") as f:
         f.write(text)
+
+
+def read_json(path):
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def write_json(path, content) -> None:
+    write_text(path, json.dumps(content, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------

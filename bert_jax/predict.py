@@ -14,7 +14,6 @@ null-odds JSON, CoNLL columns, ...), to a local path or a bucket (bert_jax.paths
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from typing import Any, Mapping, Optional, Sequence
@@ -130,7 +129,7 @@ def predict(checkpoint: str, input_path: str, output: str, *, task_name: Optiona
     directory's, else the default ones) unless `bucketed` is False. Returns {"paths", "metrics", "report"}.
     """
     record_file = os.path.join(checkpoint, FINETUNE_FILE)
-    record = json.loads(paths.read_text(record_file)) if paths.exists(record_file) else None
+    record = paths.read_json(record_file) if paths.exists(record_file) else None
     manifest = read_manifest(checkpoint)
     if record is None and not task_name:
         raise ValueError(f"{checkpoint}: no {FINETUNE_FILE} (not written by `finetune`): give the task (--task)")

@@ -88,7 +88,7 @@ def save_pretrained(directory, config: BertConfig, params: Mapping, tokenizer, *
 def read_manifest(directory) -> dict:
     path = os.path.join(os.fspath(directory), MANIFEST_FILE)
     _require(path, "the bert_jax manifest")
-    manifest = _read_json(path)
+    manifest = paths.read_json(path)
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: not a bert_jax manifest (format={manifest.get('format')!r})")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
@@ -100,7 +100,7 @@ def read_manifest(directory) -> dict:
 def load_config(directory, config_overrides: Optional[Mapping] = None) -> BertConfig:
     path = os.path.join(os.fspath(directory), CONFIG_FILE)
     _require(path, "the model config")
-    config = BertConfig.from_dict(_read_json(path), source=path)
+    config = BertConfig.from_dict(paths.read_json(path), source=path)
     if config_overrides:
         unknown = sorted(set(config_overrides) - set(config.to_dict()))
         if unknown:
@@ -147,10 +147,3 @@ def _require(path: str, what: str) -> None:
     if not paths.exists(path):
         raise FileNotFoundError(f"{path}: missing ({what}); is {os.path.dirname(path)} a bert_jax model directory "
                                 f"(python -m bert_jax convert writes one)?")
-
-
-def _read_json(path: str) -> dict:
-    try:
-        return json.loads(paths.read_text(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
